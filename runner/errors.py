@@ -1,0 +1,39 @@
+"""Errors a user can act on: one message, every problem, no traceback."""
+
+from __future__ import annotations
+
+
+class RunnerError(Exception):
+    """An expected failure with a message for the user; the CLI prints it and exits."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ProblemsError(RunnerError):
+    """Several problems found at once, each a line of `where: what, expected, fix`."""
+
+    exit_code = 2
+    what = "input"
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = list(problems)
+        n = len(self.problems)
+        header = f"{source} is not a valid {self.what} ({n} problem{'s' if n != 1 else ''}):"
+        super().__init__("\n".join([header, *(f"  {p}" for p in self.problems)]))
+
+
+class SpecError(ProblemsError):
+    """The spec breaks the schema or a semantic rule."""
+
+    what = "spec"
+
+
+class DataError(ProblemsError):
+    """Task data cannot be read or a row cannot become a training example."""
+
+    what = "data set"

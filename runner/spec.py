@@ -391,15 +391,12 @@ def semantic_problems(spec: dict, base_dir: Path) -> list[str]:
         template = find_template(task["template"], base_dir)
         if template is None:
             available = ", ".join(p.name for p in _template_dirs_listing(base_dir)) or "none"
-            problems.append(
-                f"{where}.template: {task['template']!r} not found in templates/; available: {available}."
-            )
+            problems.append(f"{where}.template: {task['template']!r} not found in templates/; available: {available}.")
         split = task["split"]
         total = split["train"] + split["val"] + split["test"]
         if abs(total - 1.0) > 1e-6:
             problems.append(
-                f"{where}.split: train + val + test = {total:g}, expected 1; "
-                f"e.g. train: 0.7, val: 0.2, test: 0.1."
+                f"{where}.split: train + val + test = {total:g}, expected 1; e.g. train: 0.7, val: 0.2, test: 0.1."
             )
     return problems
 

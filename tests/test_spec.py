@@ -72,12 +72,26 @@ def test_error_message_has_header_and_one_line_per_problem(workdir):
 def test_semantic_problems_name_path_and_fix(workdir):
     raw = base_spec()
     task = raw["tasks"][0]
-    raw["tasks"].append({**task, "data": "data/missing.jsonl", "template": "qa_v2.jinja", "split": {"train": 0.5, "val": 0.2, "test": 0.1}})
+    raw["tasks"].append(
+        {
+            **task,
+            "data": "data/missing.jsonl",
+            "template": "qa_v2.jinja",
+            "split": {"train": 0.5, "val": 0.2, "test": 0.1},
+        }
+    )
     problems = problems_of(write_spec(workdir / "bad.yaml", raw))
     assert problems[0] == "$.tasks[1].name: 'sentiment' is used by an earlier task; give each task its own name."
-    assert problems[1] == "$.tasks[1].data: file 'data/missing.jsonl' not found (relative to " + workdir.name + "/); check the path."
-    assert problems[2].startswith("$.tasks[1].template: 'qa_v2.jinja' not found in templates/; available: sentiment.jinja")
-    assert problems[3] == "$.tasks[1].split: train + val + test = 0.8, expected 1; e.g. train: 0.7, val: 0.2, test: 0.1."
+    assert (
+        problems[1]
+        == "$.tasks[1].data: file 'data/missing.jsonl' not found (relative to " + workdir.name + "/); check the path."
+    )
+    assert problems[2].startswith(
+        "$.tasks[1].template: 'qa_v2.jinja' not found in templates/; available: sentiment.jinja"
+    )
+    assert (
+        problems[3] == "$.tasks[1].split: train + val + test = 0.8, expected 1; e.g. train: 0.7, val: 0.2, test: 0.1."
+    )
 
 
 def test_missing_required_and_data_source_shape(workdir):
@@ -90,11 +104,15 @@ def test_missing_required_and_data_source_shape(workdir):
 
 
 def test_set_overrides_are_validated_like_the_file(workdir):
-    spec = load_spec(workdir / "spec.yaml", ["training.epochs=5", "tasks.0.labels=[negative, positive]", "model.chat_template=false"])
+    spec = load_spec(
+        workdir / "spec.yaml", ["training.epochs=5", "tasks.0.labels=[negative, positive]", "model.chat_template=false"]
+    )
     assert spec.training.epochs == 5
     assert spec.tasks[0].labels == ("negative", "positive")
     assert spec.model.chat_template is False
-    assert problems_of(workdir / "spec.yaml", ["training.epochs=0"]) == ["$.training.epochs: got 0, expected a value >= 1."]
+    assert problems_of(workdir / "spec.yaml", ["training.epochs=0"]) == [
+        "$.training.epochs: got 0, expected a value >= 1."
+    ]
     assert problems_of(workdir / "spec.yaml", ["tasks.3.name=x", "epochs"]) == [
         "--set 'tasks.3.name=x': tasks.3: expected a list index from 0 to 0.",
         "--set 'epochs': expected KEY=VALUE, e.g. --set training.epochs=2.",

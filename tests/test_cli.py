@@ -1,0 +1,172 @@
+"""End to end through the real command line, on the random tiny model and tiny data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import PROJECT, base_spec, write_jsonl, write_spec
+
+from runner.cli import main
+
+
+def only_run_dir(root: Path) -> Path:
+    runs = [p for p in (root / "runs" / "tiny").iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def tensorboard_tags(run_dir: Path) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for events in (run_dir / "tensorboard").glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"]) | set(acc.Tags()["tensors"])
+    return tags
+
+
+@pytest.fixture(scope="module")
+def classification_run(tmp_path_factory) -> tuple[Path, str]:
+    """One real `runner run` on the tiny model, shared by the checks below."""
+    from conftest import sentiment_rows
+
+    root = tmp_path_factory.mktemp("cls")
+    (root / "data").mkdir()
+    (root / "templates").mkdir()
+    write_jsonl(root / "data" / "sentiment.jsonl", sentiment_rows(40))
+    (root / "templates" / "sentiment.jinja").write_text("Review: {{ text }}\nSentiment:\n|||\n{{ sentiment }}\n")
+    write_spec(root / "spec.yaml", base_spec())
+    assert main(["run", str(root / "spec.yaml")]) == 0
+    return only_run_dir(root), root
+
+
+def test_run_folder_has_every_artifact(classification_run):
+    run_dir, _ = classification_run
+    for name in ("spec.yaml", "environment.json", "predictions.jsonl", "report.json", "report.md"):
+        assert (run_dir / name).is_file(), name
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert "last.ckpt" in checkpoints and any(c.startswith("best-") for c in checkpoints)
+    assert (run_dir / "model" / "adapter_model.safetensors").is_file()
+    env = json.loads((run_dir / "environment.json").read_text())
+    assert env["seed"] == 7 and env["packages"]["torch"]
+
+
+def test_report_json_contract(classification_run):
+    run_dir, _ = classification_run
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["status"] == "complete"
+    task = report["tasks"]["sentiment"]
+    assert task["kind"] == "classification"
+    assert task["data"]["train"] + task["data"]["val"] + task["data"]["test"] == 40
+    for rung in ("base_zero_shot", "fine_tuned"):
+        metrics = task["test"][rung]
+        assert 0.0 <= metrics["accuracy"] <= 1.0 and 0.0 <= metrics["f1_macro"] <= 1.0
+        assert metrics["n"] == task["data"]["test"] == 4
+    training = report["training"]
+    assert training["epochs_run"] == 2 and training["best_epoch"] in (0, 1)
+    assert isinstance(training["stopped_early"], bool)
+    assert [e["epoch"] for e in training["epochs"]] == [0, 1]
+    assert all(e["train_loss"] > 0 and e["val_loss"] > 0 for e in training["epochs"])
+    cost = report["cost"]
+    assert 0 < cost["trainable_params"] < cost["total_params"]
+    assert cost["train_seconds"] > 0 and cost["tokens_per_second"] > 0 and cost["peak_rss_mb"] > 0
+    predictions = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    assert {p["rung"] for p in predictions} == {"base_zero_shot", "fine_tuned"}
+    fine = [p for p in predictions if p["rung"] == "fine_tuned"]
+    assert sum(p["correct"] for p in fine) / len(fine) == pytest.approx(task["test"]["fine_tuned"]["accuracy"])
+
+
+def test_tensorboard_events_hold_training_and_test_scalars(classification_run):
+    run_dir, _ = classification_run
+    tags = tensorboard_tags(run_dir)
+    expected = {
+        "train/loss",
+        "val/loss",
+        "val/sentiment/loss",
+        "test/sentiment/fine_tuned/accuracy",
+        "test/sentiment/base_zero_shot/f1_macro",
+    }
+    assert expected <= tags, expected - tags
+
+
+def test_resume_continues_from_last_checkpoint(classification_run):
+    run_dir, root = classification_run
+    before = json.loads((run_dir / "report.json").read_text())["training"]["global_steps"]
+    assert main(["run", str(root / "spec.yaml"), "--resume", str(run_dir), "--set", "training.epochs=3"]) == 0
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["status"] == "complete"
+    assert report["training"]["global_steps"] > before
+    assert [e["epoch"] for e in report["training"]["epochs"]] == [2]
+
+
+def test_generation_task_with_full_fine_tuning(workdir):
+    rows = [
+        {"word": w, "answer": w.upper()}
+        for w in ["cat", "dog", "sun", "sky", "red", "big", "hat", "cup", "pen", "box"] * 3
+    ]
+    write_jsonl(workdir / "data" / "upper.jsonl", rows)
+    (workdir / "templates" / "upper.jinja").write_text("Write {{ word }} in capitals. ||| {{ answer }}")
+    raw = base_spec(
+        method={"kind": "full"}, tasks=[{"name": "upper", "data": "data/upper.jsonl", "template": "upper.jinja"}]
+    )
+    raw["training"]["epochs"] = 1
+    assert main(["run", str(write_spec(workdir / "spec.yaml", raw))]) == 0
+    run_dir = only_run_dir(workdir)
+    report = json.loads((run_dir / "report.json").read_text())
+    task = report["tasks"]["upper"]
+    assert task["kind"] == "generation"
+    assert set(task["test"]) == {"base_zero_shot", "fine_tuned"}
+    assert task["test"]["fine_tuned"]["n"] == 3 and 0 <= task["test"]["fine_tuned"]["exact_match"] <= 1
+    assert report["cost"]["trainable_params"] == report["cost"]["total_params"]
+    assert (run_dir / "model" / "model.safetensors").is_file()
+
+
+def test_max_steps_smoke_run_validates_and_checkpoints(workdir):
+    assert (
+        main(
+            ["run", str(workdir / "spec.yaml"), "--set", "training.max_steps=2", "--set", "evaluation.base_model=false"]
+        )
+        == 0
+    )
+    report = json.loads((only_run_dir(workdir) / "report.json").read_text())
+    assert report["training"]["global_steps"] == 2
+    assert report["training"]["best_val_loss"] is not None
+    assert "base_zero_shot" not in report["tasks"]["sentiment"]["test"]
+
+
+def test_bad_data_stops_before_training_with_exit_2(workdir, capsys):
+    write_jsonl(workdir / "data" / "sentiment.jsonl", [{"text": "fine", "sentiment": "meh"}] * 20)
+    assert main(["run", str(workdir / "spec.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "row 1: completion 'meh' is not one of the task's labels" in err
+    report = json.loads((only_run_dir(workdir) / "report.json").read_text())
+    assert report["status"] == "failed" and "meh" in report["error"]
+
+
+def test_bad_spec_exits_2_naming_every_problem_without_traceback(tmp_path):
+    spec = (PROJECT / "experiments" / "ticket_urgency.yaml").read_text()
+    spec = spec.replace("  epochs: 3", "  epochs: three\n  lerning_rate: 0.1").replace("kind: lora", "kind: qlora")
+    bad = tmp_path / "experiments" / "bad.yaml"
+    bad.parent.mkdir()
+    bad.write_text(spec)
+    (tmp_path / "experiments" / "data").symlink_to(PROJECT / "experiments" / "data")
+    proc = subprocess.run([sys.executable, "-m", "runner", "validate", str(bad)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "(3 problems)" in proc.stderr
+    assert "$.method.kind: got 'qlora', expected one of: lora, full; did you mean 'lora'?" in proc.stderr
+    assert "$.training.lerning_rate: unknown key 'lerning_rate'; did you mean 'learning_rate'?" in proc.stderr
+    assert "$.training.epochs: got 'three', expected an integer." in proc.stderr
+
+
+def test_validate_prints_the_resolved_spec_and_schema_prints_json(workdir, capsys):
+    assert main(["validate", str(workdir / "spec.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "valid" in out and "learning_rate: 0.001" in out and "patience: 1" in out
+    assert main(["schema"]) == 0
+    assert json.loads(capsys.readouterr().out)["title"] == "runner experiment"

@@ -1,0 +1,76 @@
+"""Metric maths against hand-computed values, and scoring against a direct computation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from runner.data import Encoder, Example, collate
+from runner.evaluation import Evaluator, classification_metrics, normalize_answer
+from runner.model import random_tiny
+from runner.training import completion_logprobs
+
+
+def test_classification_metrics_match_hand_computation():
+    labels = ("a", "b", "c")
+    gold = torch.tensor([0, 0, 0, 1, 1, 2])
+    pred = torch.tensor([0, 0, 1, 1, 2, 2])
+    m = classification_metrics(pred, gold, labels)
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    # a: P=2/2 R=2/3 F1=0.8; b: P=1/2 R=1/2 F1=0.5; c: P=1/2 R=1/1 F1=2/3
+    assert m["per_class"]["a"]["f1"] == pytest.approx(0.8)
+    assert m["per_class"]["b"]["precision"] == pytest.approx(0.5)
+    assert m["per_class"]["c"]["recall"] == pytest.approx(1.0)
+    assert m["f1_macro"] == pytest.approx((0.8 + 0.5 + 2 / 3) / 3)
+    assert m["confusion_matrix"]["matrix"] == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+    assert m["per_class"]["a"]["support"] == 3 and m["n"] == 6
+
+
+def test_macro_f1_ignores_classes_absent_from_gold_and_predictions():
+    # As scikit-learn's f1_score(average="macro"): labels = those seen in gold or predictions.
+    m = classification_metrics(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 0]), ("a", "b", "c"))
+    # a: P=1 R=1/2 F1=2/3; b: P=1/2 R=1 F1=2/3; c never seen
+    assert m["f1_macro"] == pytest.approx(2 / 3)
+
+
+def test_normalize_answer_for_exact_match():
+    assert normalize_answer("  Paris. ") == normalize_answer("paris")
+    assert normalize_answer("New   York") == "new york"
+    assert normalize_answer("Paris, France") != normalize_answer("Paris")
+
+
+def test_completion_logprobs_match_a_direct_computation():
+    model, tokenizer = random_tiny(seed=3)
+    model.eval()
+    encoder = Encoder(tokenizer, max_length=64, chat_template=False)
+    rows = [
+        encoder.encode(Example("t", 1, "Is it blue?", "yes"), add_eos=False),
+        encoder.encode(Example("t", 2, "2+2=", "four"), add_eos=True),
+    ]
+    batch = collate(rows, tokenizer.pad_token_id)
+    with torch.no_grad():
+        fast = completion_logprobs(model, batch)
+        for i, row in enumerate(rows):
+            ids = torch.tensor([row["input_ids"]])
+            logprobs = F.log_softmax(model(ids).logits[0, :-1].float(), dim=-1)
+            targets = ids[0, 1:]
+            keep = torch.tensor(row["labels"][1:]) != -100
+            direct = logprobs[torch.arange(len(targets)), targets][keep].sum()
+            assert fast[i] == pytest.approx(float(direct), abs=1e-4)
+
+
+def test_label_scoring_picks_the_most_likely_label():
+    model, tokenizer = random_tiny(seed=5)
+    encoder = Encoder(tokenizer, max_length=64, chat_template=True)
+    evaluator = Evaluator(model, encoder, batch_size=3, max_new_tokens=4, device=torch.device("cpu"))
+    examples = [Example("t", i, f"question {i}", "x") for i in range(4)]
+    scores = evaluator.label_scores(examples, ("yes", "no", "maybe"))
+    assert scores.shape == (4, 3)
+    # Same numbers one sequence at a time, unbatched: batching and padding change nothing.
+    for i, e in enumerate(examples):
+        for j, label in enumerate(("yes", "no", "maybe")):
+            row = encoder.join(encoder.prompt_ids(e.prompt), encoder.completion_ids(label, add_eos=False))
+            single = evaluator.sequence_logprobs([row])[0]
+            assert scores[i, j] == pytest.approx(float(single), abs=1e-4)
+    assert model.training  # evaluation restores the train/eval mode it found

@@ -16,6 +16,7 @@ from torchmetrics.functional.classification import (
 )
 
 from runner.data import Collator, Encoder, Example, TaskData
+from runner.model import causal_lm
 from runner.training import completion_logprobs
 
 
@@ -47,13 +48,64 @@ class Evaluator:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def label_scores(self, examples: list[Example], labels: tuple[str, ...]) -> torch.Tensor:
-        """[n_examples, n_labels] summed log-likelihood of each label as the completion."""
+        """[n_examples, n_labels] summed log-likelihood of each label as the completion.
+
+        Each prompt runs once; its key/value cache is then shared by every label's tokens, so
+        scoring k labels costs about one forward pass per row instead of k.
+        """
         label_ids = [self.encoder.completion_ids(label, add_eos=False) for label in labels]
-        rows = []
-        for e in examples:
-            prompt = self.encoder.prompt_ids(e.prompt)
-            rows += [self.encoder.join(prompt, ids) for ids in label_ids]
-        return self.sequence_logprobs(rows).view(len(examples), len(labels))
+        budget = self.encoder.max_length - max(map(len, label_ids))
+        prompts = [self.encoder.prompt_ids(e.prompt)[-budget:] for e in examples]
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        out = torch.empty(len(examples), len(labels))
+        with self._inference():
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                out[idx] = self._score_continuations([prompts[i] for i in idx], label_ids).float().cpu()
+        return out
+
+    def _score_continuations(self, prompts: list[list[int]], label_ids: list[list[int]]) -> torch.Tensor:
+        lm = causal_lm(self.model)
+        pad = self.encoder.tokenizer.pad_token_id
+        n, k = len(prompts), len(label_ids)
+        width = max(map(len, prompts))
+        # Left padding: every prompt ends at the last column, where its first label token is scored.
+        ids = torch.full((n, width), pad, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p) :] = torch.tensor(p)
+            mask[i, width - len(p) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        decoder = lm.get_decoder()
+        head = lm.get_output_embeddings()
+        prompt_out = decoder(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        first = torch.log_softmax(head(prompt_out.last_hidden_state[:, -1]).float(), dim=-1)
+        scores = first[:, [ids_[0] for ids_ in label_ids]]  # [n, k]
+        longest = max(map(len, label_ids))
+        if longest == 1:
+            return scores
+        # The rest of each label's tokens, fed after its prompt's cache (repeated once per label).
+        steps = longest - 1
+        inputs = torch.full((k, steps), pad, dtype=torch.long)
+        targets = torch.full((k, steps), -1, dtype=torch.long)
+        for j, tokens in enumerate(label_ids):
+            inputs[j, : len(tokens) - 1] = torch.tensor(tokens[:-1])
+            targets[j, : len(tokens) - 1] = torch.tensor(tokens[1:])
+        inputs, targets = inputs.repeat(n, 1).to(self.device), targets.repeat(n, 1).to(self.device)
+        cache = prompt_out.past_key_values
+        cache.batch_repeat_interleave(k)
+        full_mask = torch.cat([mask.repeat_interleave(k, 0), torch.ones_like(inputs)], dim=1)
+        start = mask.sum(-1, keepdim=True).repeat_interleave(k, 0)
+        cont_positions = start + torch.arange(steps, device=self.device)
+        hidden = decoder(
+            input_ids=inputs, attention_mask=full_mask, position_ids=cont_positions, past_key_values=cache, use_cache=True
+        ).last_hidden_state
+        valid = targets >= 0
+        logprobs = torch.log_softmax(head(hidden[valid]).float(), dim=-1)
+        picked = logprobs.gather(-1, targets[valid].unsqueeze(-1)).squeeze(-1)
+        rest = torch.zeros(n * k, device=self.device).index_add_(0, valid.nonzero()[:, 0], picked)
+        return scores + rest.view(n, k)
 
     def sequence_logprobs(self, rows: list[dict]) -> torch.Tensor:
         """Summed completion log-probability of each encoded row, batched by length."""

@@ -78,6 +78,7 @@ def _run(spec: Spec, run_dir: Path, report: dict, resume_from: Path | None) -> N
     model = apply_method(model, spec.method)
     trainable, total = count_parameters(model)
     module = FineTuner(model, spec.training, [t.task.name for t in tasks], save_frozen=spec.method.kind == "full")
+    module.train()  # from_pretrained returns eval mode, and Lightning keeps the modes it finds
     result, trainer = fit(module, datamodule, spec, run_dir, resume_from)
     if not trainer.is_global_zero:
         return  # evaluation and the report are rank 0's

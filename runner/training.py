@@ -7,6 +7,7 @@ most of the activation memory, and a classification completion is one or two tok
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from torchmetrics.aggregation import MeanMetric
 from transformers import get_scheduler
@@ -185,7 +186,9 @@ def build_trainer(
         save_last=True,
         auto_insert_metric_name=False,
     )
-    callbacks = [checkpoint, LearningRateMonitor(logging_interval="step")]
+    # Rich draws a live bar on a terminal; in a log file (CI, nohup) tqdm's plain lines read better.
+    progress = RichProgressBar() if sys.stdout.isatty() else TQDMProgressBar(refresh_rate=10)
+    callbacks = [checkpoint, LearningRateMonitor(logging_interval="step"), progress]
     early = None
     if training.early_stopping.enabled:
         early = EarlyStopping(

@@ -64,7 +64,7 @@ def test_label_scoring_picks_the_most_likely_label():
     model, tokenizer = random_tiny(seed=5)
     encoder = Encoder(tokenizer, max_length=64, chat_template=True)
     evaluator = Evaluator(model, encoder, batch_size=3, max_new_tokens=4, device=torch.device("cpu"))
-    examples = [Example("t", i, f"question {i}", "x") for i in range(4)]
+    examples = [Example("t", i, "question " + "x" * (3 * i), "x") for i in range(4)]  # ragged: left padding
     scores = evaluator.label_scores(examples, ("yes", "no", "maybe"))
     assert scores.shape == (4, 3)
     # Same numbers one sequence at a time, unbatched: batching and padding change nothing.

@@ -99,7 +99,11 @@ class Evaluator:
         start = mask.sum(-1, keepdim=True).repeat_interleave(k, 0)
         cont_positions = start + torch.arange(steps, device=self.device)
         hidden = decoder(
-            input_ids=inputs, attention_mask=full_mask, position_ids=cont_positions, past_key_values=cache, use_cache=True
+            input_ids=inputs,
+            attention_mask=full_mask,
+            position_ids=cont_positions,
+            past_key_values=cache,
+            use_cache=True,
         ).last_hidden_state
         valid = targets >= 0
         logprobs = torch.log_softmax(head(hidden[valid]).float(), dim=-1)

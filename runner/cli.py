@@ -62,6 +62,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=cmd_run)
 
+    evaluate = sub.add_parser("eval", help="evaluate without training: the base model, and a checkpoint if given")
+    evaluate.add_argument("spec", type=Path)
+    which = evaluate.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", type=Path, help="a run's checkpoints/*.ckpt or its model/ folder")
+    which.add_argument("--base", action="store_true", help="only the untouched base model")
+    evaluate.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec value; repeatable",
+    )
+    evaluate.add_argument("--output-dir", type=Path, help="where run folders go (overrides output_dir)")
+    evaluate.set_defaults(func=cmd_eval)
+
+    compare = sub.add_parser("compare", help="write a side-by-side table of several runs (markdown and html)")
+    compare.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    compare.add_argument(
+        "--output", type=Path, default=Path("."), help="folder for compare.md and compare.html (default: .)"
+    )
+    compare.set_defaults(func=cmd_compare)
+
     schema = sub.add_parser("schema", help="print the experiment JSON Schema")
     schema.set_defaults(func=cmd_schema)
     return parser
@@ -79,7 +102,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from runner.report import summary_table
     from runner.run import run_experiment
     from runner.spec import load_spec
 
@@ -87,14 +109,41 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.resume is not None and not args.resume.is_dir():
         raise RunnerError(f"--resume {args.resume}: not a run folder.")
     run_dir = run_experiment(spec, output_dir=args.output_dir, resume=args.resume)
+    print_summary(run_dir)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from runner.run import eval_experiment
+    from runner.spec import load_spec
+
+    spec = load_spec(args.spec, args.overrides)
+    if args.checkpoint is not None and not args.checkpoint.exists():
+        raise RunnerError(f"--checkpoint {args.checkpoint}: not found.")
+    run_dir = eval_experiment(spec, None if args.base else args.checkpoint, output_dir=args.output_dir)
+    print_summary(run_dir)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from runner.compare import write_comparison
+
+    md_path, html_path, markdown = write_comparison(args.run_dirs, args.output)
+    print(markdown)
+    print(f"Written: {md_path} and {html_path}")
+    return 0
+
+
+def print_summary(run_dir: Path) -> None:
+    from runner.report import summary_table
+
     report_path = run_dir / "report.json"
     if report_path.is_file():
         report = json.loads(report_path.read_text())
         print()
         print(summary_table(report))
-        print(f"\nReport: {run_dir / 'report.md'}")
+        print(f"\nReport: {run_dir / 'report.html'} (and report.md)")
         print(f"TensorBoard: tensorboard --logdir {run_dir.parent}")
-    return 0
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

@@ -244,13 +244,24 @@ class Encoder:
     def __post_init__(self) -> None:
         self.use_chat = self.chat_template and bool(getattr(self.tokenizer, "chat_template", None))
 
-    def prompt_ids(self, prompt: str) -> list[int]:
+    def prompt_ids(self, prompt: str, shots: list[Example] = ()) -> list[int]:
+        """Token ids of a prompt, after `shots` solved examples (few-shot) if given.
+
+        With a chat template, each shot is a user turn and an assistant reply; without one,
+        shots are "prompt completion" blocks separated by blank lines.
+        """
         if self.use_chat:
-            text = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-            )
+            messages = []
+            for shot in shots:
+                messages += [
+                    {"role": "user", "content": shot.prompt},
+                    {"role": "assistant", "content": shot.completion},
+                ]
+            messages.append({"role": "user", "content": prompt})
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
             return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return self.tokenizer(prompt)["input_ids"]
+        context = "".join(f"{shot.prompt} {shot.completion}\n\n" for shot in shots)
+        return self.tokenizer(context + prompt)["input_ids"]
 
     def completion_ids(self, completion: str, add_eos: bool) -> list[int]:
         text = completion if self.use_chat else " " + completion

@@ -1,12 +1,18 @@
-"""Evaluation on the test split: label likelihood for classification, greedy generation for free text."""
+"""Scoring with one model: label likelihood, choice likelihood, greedy generation, perplexity, drift.
+
+Every rung of the report (base zero-shot, base few-shot, fine-tuned) and every forgetting
+probe goes through the same `Evaluator`, so the numbers are comparable by construction.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import random
 import re
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torchmetrics.functional.classification import (
     multiclass_accuracy,
     multiclass_confusion_matrix,
@@ -22,7 +28,7 @@ from runner.training import completion_logprobs
 
 @dataclass
 class Evaluator:
-    """Scores examples with one model; the same settings serve every rung of the report."""
+    """Scores examples with one model; the same settings serve every rung and probe."""
 
     model: torch.nn.Module
     encoder: Encoder
@@ -30,14 +36,16 @@ class Evaluator:
     max_new_tokens: int
     device: torch.device
     autocast_dtype: torch.dtype | None = None
+    adapters_off: bool = False  # score a peft model as its base model, adapters disabled
 
     @contextlib.contextmanager
     def _inference(self):
         """Eval mode and autocast for scoring; the model's train/eval mode is restored after."""
         was_training = self.model.training
         self.model.eval()
+        adapters = self.model.disable_adapter() if self.adapters_off else contextlib.nullcontext()
         try:
-            with torch.no_grad(), self._autocast():
+            with torch.no_grad(), self._autocast(), adapters:
                 yield
         finally:
             self.model.train(was_training)
@@ -47,72 +55,81 @@ class Evaluator:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def label_scores(self, examples: list[Example], labels: tuple[str, ...]) -> torch.Tensor:
-        """[n_examples, n_labels] summed log-likelihood of each label as the completion.
+    # --- likelihood of candidate completions -----------------------------------------
 
-        Each prompt runs once; its key/value cache is then shared by every label's tokens, so
-        scoring k labels costs about one forward pass per row instead of k.
+    def candidate_scores(self, prompts: list[list[int]], candidates: list[list[list[int]]]) -> list[torch.Tensor]:
+        """Summed log-likelihood of each candidate completion after its prompt.
+
+        Each prompt runs once; its key/value cache is then shared by all of its candidates, so
+        scoring k labels or choices costs about one forward pass per prompt instead of k.
         """
-        label_ids = [self.encoder.completion_ids(label, add_eos=False) for label in labels]
-        budget = self.encoder.max_length - max(map(len, label_ids))
-        prompts = [self.encoder.prompt_ids(e.prompt)[-budget:] for e in examples]
+        longest = max(len(ids) for cands in candidates for ids in cands)
+        budget = self.encoder.max_length - longest
+        prompts = [p[-budget:] for p in prompts]
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        out = torch.empty(len(examples), len(labels))
+        out: list[torch.Tensor] = [torch.empty(0)] * len(prompts)
         with self._inference():
             for start in range(0, len(order), self.batch_size):
                 idx = order[start : start + self.batch_size]
-                out[idx] = self._score_continuations([prompts[i] for i in idx], label_ids).float().cpu()
+                scores = self._score_continuations([prompts[i] for i in idx], [candidates[i] for i in idx])
+                for i, s in zip(idx, scores):
+                    out[i] = s
         return out
 
-    def _score_continuations(self, prompts: list[list[int]], label_ids: list[list[int]]) -> torch.Tensor:
+    def label_scores(self, prompts: list[list[int]], labels: tuple[str, ...]) -> torch.Tensor:
+        """[n_prompts, n_labels] summed log-likelihood of each label as the completion."""
+        label_ids = [self.encoder.completion_ids(label, add_eos=False) for label in labels]
+        return torch.stack(self.candidate_scores(prompts, [label_ids] * len(prompts)))
+
+    def _score_continuations(self, prompts: list[list[int]], candidates: list[list[list[int]]]) -> list[torch.Tensor]:
         lm = causal_lm(self.model)
+        decoder, head = lm.get_decoder(), lm.get_output_embeddings()
         pad = self.encoder.tokenizer.pad_token_id
-        n, k = len(prompts), len(label_ids)
         width = max(map(len, prompts))
-        # Left padding: every prompt ends at the last column, where its first label token is scored.
-        ids = torch.full((n, width), pad, dtype=torch.long)
-        mask = torch.zeros((n, width), dtype=torch.long)
+        # Left padding: every prompt ends in the last column, where its first candidate token is scored.
+        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
         for i, p in enumerate(prompts):
             ids[i, width - len(p) :] = torch.tensor(p)
             mask[i, width - len(p) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        decoder = lm.get_decoder()
-        head = lm.get_output_embeddings()
         prompt_out = decoder(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
         first = torch.log_softmax(head(prompt_out.last_hidden_state[:, -1]).float(), dim=-1)
-        scores = first[:, [ids_[0] for ids_ in label_ids]]  # [n, k]
-        longest = max(map(len, label_ids))
-        if longest == 1:
-            return scores
-        # The rest of each label's tokens, fed after its prompt's cache (repeated once per label).
-        steps = longest - 1
-        inputs = torch.full((k, steps), pad, dtype=torch.long)
-        targets = torch.full((k, steps), -1, dtype=torch.long)
-        for j, tokens in enumerate(label_ids):
-            inputs[j, : len(tokens) - 1] = torch.tensor(tokens[:-1])
-            targets[j, : len(tokens) - 1] = torch.tensor(tokens[1:])
-        inputs, targets = inputs.repeat(n, 1).to(self.device), targets.repeat(n, 1).to(self.device)
-        cache = prompt_out.past_key_values
-        cache.batch_repeat_interleave(k)
-        full_mask = torch.cat([mask.repeat_interleave(k, 0), torch.ones_like(inputs)], dim=1)
-        start = mask.sum(-1, keepdim=True).repeat_interleave(k, 0)
-        cont_positions = start + torch.arange(steps, device=self.device)
-        hidden = decoder(
-            input_ids=inputs,
-            attention_mask=full_mask,
-            position_ids=cont_positions,
-            past_key_values=cache,
-            use_cache=True,
-        ).last_hidden_state
-        valid = targets >= 0
-        logprobs = torch.log_softmax(head(hidden[valid]).float(), dim=-1)
-        picked = logprobs.gather(-1, targets[valid].unsqueeze(-1)).squeeze(-1)
-        rest = torch.zeros(n * k, device=self.device).index_add_(0, valid.nonzero()[:, 0], picked)
-        return scores + rest.view(n, k)
+
+        owner = [i for i, cands in enumerate(candidates) for _ in cands]  # prompt of each flat row
+        flat = [c for cands in candidates for c in cands]
+        scores = torch.stack([first[i, c[0]] for i, c in zip(owner, flat)])
+        steps = max(map(len, flat)) - 1
+        if steps > 0:
+            # The rest of each candidate's tokens, fed after its own prompt's cached keys/values.
+            inputs = torch.full((len(flat), steps), pad, dtype=torch.long)
+            targets = torch.full((len(flat), steps), -1, dtype=torch.long)
+            for j, tokens in enumerate(flat):
+                inputs[j, : len(tokens) - 1] = torch.tensor(tokens[:-1])
+                targets[j, : len(tokens) - 1] = torch.tensor(tokens[1:])
+            inputs, targets = inputs.to(self.device), targets.to(self.device)
+            rows = torch.tensor(owner, device=self.device)
+            cache = prompt_out.past_key_values
+            cache.batch_select_indices(rows)
+            full_mask = torch.cat([mask[rows], torch.ones_like(inputs)], dim=1)
+            cont_positions = mask.sum(-1, keepdim=True)[rows] + torch.arange(steps, device=self.device)
+            hidden = decoder(
+                input_ids=inputs, attention_mask=full_mask, position_ids=cont_positions, past_key_values=cache
+            ).last_hidden_state
+            valid = targets >= 0
+            logprobs = torch.log_softmax(head(hidden[valid]).float(), dim=-1)
+            picked = logprobs.gather(-1, targets[valid].unsqueeze(-1)).squeeze(-1)
+            scores = scores.index_add(0, valid.nonzero()[:, 0], picked)
+        scores = scores.float().cpu()
+        out, start = [], 0
+        for cands in candidates:
+            out.append(scores[start : start + len(cands)])
+            start += len(cands)
+        return out
 
     def sequence_logprobs(self, rows: list[dict]) -> torch.Tensor:
-        """Summed completion log-probability of each encoded row, batched by length."""
+        """Summed completion log-probability of each encoded row (the plain reference path)."""
         collator = Collator(self.encoder.tokenizer.pad_token_id)
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
         out = torch.empty(len(rows))
@@ -123,10 +140,12 @@ class Evaluator:
                 out[idx] = completion_logprobs(self.model, batch).float().cpu()
         return out
 
-    def generate(self, examples: list[Example]) -> list[str]:
+    # --- generation ----------------------------------------------------------------------
+
+    def generate(self, prompts: list[list[int]]) -> list[str]:
         """Greedy answers, decoded without special tokens."""
         tokenizer = self.encoder.tokenizer
-        prompts = [self.encoder.prompt_ids(e.prompt)[-self.encoder.max_length :] for e in examples]
+        prompts = [p[-self.encoder.max_length :] for p in prompts]
         answers = []
         for start in range(0, len(prompts), self.batch_size):
             chunk = prompts[start : start + self.batch_size]
@@ -149,11 +168,43 @@ class Evaluator:
             answers += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
         return [a.strip() for a in answers]
 
-    def evaluate(self, data: TaskData) -> tuple[dict, list[dict]]:
-        """Metrics on the task's test split, and one prediction record per test row."""
+    # --- text: perplexity and drift ------------------------------------------------------
+
+    def text_windows(self, text: str, max_tokens: int | None) -> list[list[int]]:
+        """Non-overlapping windows of model.max_length tokens; each window's first token is
+        context only, every other token is predicted from the tokens before it in its window."""
+        ids = self.encoder.tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens]
+        size = self.encoder.max_length
+        return [ids[i : i + size] for i in range(0, len(ids), size) if len(ids[i : i + size]) > 1]
+
+    def token_nll(self, windows: list[list[int]]) -> tuple[float, int]:
+        """(summed negative log-likelihood, predicted tokens) over the windows."""
+        rows = [{"input_ids": w, "labels": w} for w in windows]
+        total = float(-self.sequence_logprobs(rows).sum())
+        return total, sum(len(w) - 1 for w in windows)
+
+    def next_token_logprobs(self, windows: list[list[int]]) -> torch.Tensor:
+        """[tokens, vocab] next-token log-probabilities at every predicted position of the windows."""
+        lm = causal_lm(self.model)
+        collator = Collator(self.encoder.tokenizer.pad_token_id)
+        batch = collator([{"input_ids": w, "labels": w} for w in windows])
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        with self._inference():
+            hidden = lm.get_decoder()(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).last_hidden_state
+            keep = batch["attention_mask"][:, 1:].bool()
+            return torch.log_softmax(lm.get_output_embeddings()(hidden[:, :-1][keep]).float(), dim=-1)
+
+    # --- a task's test split ---------------------------------------------------------------
+
+    def evaluate(self, data: TaskData, shots: int = 0, seed: int = 0) -> tuple[dict, list[dict]]:
+        """Metrics on the task's test split (with `shots` solved train examples in each prompt)."""
         task, examples = data.task, data.test
+        prompts = [self.encoder.prompt_ids(e.prompt, few_shot_examples(data.train, e, shots, seed)) for e in examples]
+        prompt_tokens = sum(map(len, prompts)) / len(prompts)
         if task.is_classification:
-            scores = self.label_scores(examples, task.labels)
+            scores = self.label_scores(prompts, task.labels)
             preds = scores.argmax(dim=1)
             gold = torch.tensor([e.label for e in examples])
             metrics = classification_metrics(preds, gold, task.labels)
@@ -169,19 +220,33 @@ class Evaluator:
                 for e, p, row_scores in zip(examples, preds, scores)
             ]
         else:
-            answers = self.generate(examples)
+            answers = self.generate(prompts)
             hits = [normalize_answer(a) == normalize_answer(e.completion) for a, e in zip(answers, examples)]
             metrics = {"exact_match": sum(hits) / len(hits), "n": len(hits)}
             records = [
                 {"row": e.row, "prompt": e.prompt, "gold": e.completion, "prediction": a, "correct": h}
                 for e, a, h in zip(examples, answers, hits)
             ]
+        metrics["prompt_tokens_mean"] = round(prompt_tokens, 1)
         return metrics, records
+
+
+def few_shot_examples(train: list[Example], example: Example, k: int, seed: int) -> list[Example]:
+    """k solved train examples for one test row: a seeded draw per row, so prompts vary
+    across rows (no single lucky set) and the same seed gives the same prompts."""
+    if k <= 0:
+        return []
+    return random.Random(f"{seed}:{example.task}:{example.row}").sample(train, min(k, len(train)))
 
 
 def normalize_answer(text: str) -> str:
     """Case-fold, collapse whitespace, drop surrounding punctuation: for exact match."""
     return re.sub(r"\s+", " ", text).strip().strip(".,;:!?\"'").strip().casefold()
+
+
+def kl_divergence(base_logprobs: torch.Tensor, tuned_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(base || tuned) in nats: how far fine-tuning moved each next-token distribution."""
+    return F.kl_div(tuned_logprobs, base_logprobs, log_target=True, reduction="none").sum(-1)
 
 
 def classification_metrics(preds: torch.Tensor, gold: torch.Tensor, labels: tuple[str, ...]) -> dict:

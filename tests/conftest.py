@@ -54,7 +54,7 @@ def base_spec(**overrides) -> dict:
             }
         ],
         "training": {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3},
-        "evaluation": {"batch_size": 8, "max_new_tokens": 8},
+        "evaluation": {"batch_size": 8, "max_new_tokens": 8, "forgetting": [], "bootstrap_samples": 200},
         "trainer": {"accelerator": "cpu", "devices": 1, "precision": "32-true", "log_every_n_steps": 1},
     }
     spec.update(overrides)

@@ -47,7 +47,7 @@ def classification_run(tmp_path_factory) -> tuple[Path, str]:
 
 def test_run_folder_has_every_artifact(classification_run):
     run_dir, _ = classification_run
-    for name in ("spec.yaml", "environment.json", "predictions.jsonl", "report.json", "report.md"):
+    for name in ("spec.yaml", "environment.json", "predictions.jsonl", "report.json", "report.md", "report.html"):
         assert (run_dir / name).is_file(), name
     checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert "last.ckpt" in checkpoints and any(c.startswith("best-") for c in checkpoints)
@@ -63,10 +63,20 @@ def test_report_json_contract(classification_run):
     task = report["tasks"]["sentiment"]
     assert task["kind"] == "classification"
     assert task["data"]["train"] + task["data"]["val"] + task["data"]["test"] == 40
-    for rung in ("base_zero_shot", "fine_tuned"):
+    for rung in ("base_zero_shot", "base_few_shot", "fine_tuned"):
         metrics = task["test"][rung]
         assert 0.0 <= metrics["accuracy"] <= 1.0 and 0.0 <= metrics["f1_macro"] <= 1.0
         assert metrics["n"] == task["data"]["test"] == 4
+        for key in ("accuracy", "f1_macro"):
+            low, high = metrics["ci95"][key]
+            assert low <= metrics[key] <= high
+    tokens = {rung: task["test"][rung]["prompt_tokens_mean"] for rung in task["test"]}
+    assert tokens["base_zero_shot"] == tokens["fine_tuned"] < tokens["base_few_shot"]
+    delta = task["deltas"]["fine_tuned - base_zero_shot"]["accuracy"]
+    assert delta["delta"] == pytest.approx(
+        task["test"]["fine_tuned"]["accuracy"] - task["test"]["base_zero_shot"]["accuracy"], abs=1e-4
+    )
+    assert isinstance(delta["excludes_zero"], bool)
     training = report["training"]
     assert training["epochs_run"] == 2 and training["best_epoch"] in (0, 1)
     assert isinstance(training["stopped_early"], bool)
@@ -76,7 +86,7 @@ def test_report_json_contract(classification_run):
     assert 0 < cost["trainable_params"] < cost["total_params"]
     assert cost["train_seconds"] > 0 and cost["tokens_per_second"] > 0 and cost["peak_rss_mb"] > 0
     predictions = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
-    assert {p["rung"] for p in predictions} == {"base_zero_shot", "fine_tuned"}
+    assert {p["rung"] for p in predictions} == {"base_zero_shot", "base_few_shot", "fine_tuned"}
     fine = [p for p in predictions if p["rung"] == "fine_tuned"]
     assert sum(p["correct"] for p in fine) / len(fine) == pytest.approx(task["test"]["fine_tuned"]["accuracy"])
 
@@ -120,7 +130,7 @@ def test_generation_task_with_full_fine_tuning(workdir):
     report = json.loads((run_dir / "report.json").read_text())
     task = report["tasks"]["upper"]
     assert task["kind"] == "generation"
-    assert set(task["test"]) == {"base_zero_shot", "fine_tuned"}
+    assert set(task["test"]) == {"base_zero_shot", "base_few_shot", "fine_tuned"}
     assert task["test"]["fine_tuned"]["n"] == 3 and 0 <= task["test"]["fine_tuned"]["exact_match"] <= 1
     assert report["cost"]["trainable_params"] == report["cost"]["total_params"]
     assert (run_dir / "model" / "model.safetensors").is_file()
@@ -129,7 +139,14 @@ def test_generation_task_with_full_fine_tuning(workdir):
 def test_max_steps_smoke_run_validates_and_checkpoints(workdir):
     assert (
         main(
-            ["run", str(workdir / "spec.yaml"), "--set", "training.max_steps=2", "--set", "evaluation.base_model=false"]
+            [
+                "run",
+                str(workdir / "spec.yaml"),
+                "--set",
+                "training.max_steps=2",
+                "--set",
+                "evaluation.baselines=[fine_tuned]",
+            ]
         )
         == 0
     )
@@ -170,3 +187,48 @@ def test_validate_prints_the_resolved_spec_and_schema_prints_json(workdir, capsy
     assert "valid" in out and "learning_rate: 0.001" in out and "patience: 1" in out
     assert main(["schema"]) == 0
     assert json.loads(capsys.readouterr().out)["title"] == "runner experiment"
+
+
+def test_report_html_is_self_contained_with_embedded_plots(classification_run):
+    import base64
+    import re
+
+    run_dir, _ = classification_run
+    page = (run_dir / "report.html").read_text()
+    images = re.findall(r'<img src="data:image/png;base64,([^"]+)" alt="([^"]*)"', page)
+    alts = {alt for _, alt in images}
+    assert {
+        "training and validation loss per epoch",
+        "sentiment: metric per rung with token cost",
+        "sentiment: confusion matrix of the fine-tuned model",
+    } <= alts
+    for data, _ in images:
+        assert base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "http://" not in page and "https://" not in page  # nothing fetched when opened offline
+    markdown = (run_dir / "report.md").read_text()
+    for link in re.findall(r"!\[[^]]*\]\(([^)]+)\)", markdown):
+        assert (run_dir / link).is_file()
+
+
+def test_eval_base_and_checkpoint_then_compare(classification_run, tmp_path, capsys):
+    run_dir, root = classification_run
+    spec = str(root / "spec.yaml")
+    assert main(["eval", spec, "--base", "--output-dir", str(tmp_path / "evals")]) == 0
+    assert main(["eval", spec, "--checkpoint", str(run_dir / "model"), "--output-dir", str(tmp_path / "evals")]) == 0
+    evals = sorted((tmp_path / "evals" / "tiny").iterdir())
+    base_only = json.loads((evals[0] / "report.json").read_text())
+    assert set(base_only["tasks"]["sentiment"]["test"]) == {"base_zero_shot", "base_few_shot"}
+    with_ckpt = json.loads((evals[1] / "report.json").read_text())
+    trained = json.loads((run_dir / "report.json").read_text())
+    # Scoring the exported adapter reproduces the run's own fine-tuned numbers.
+    assert (
+        with_ckpt["tasks"]["sentiment"]["test"]["fine_tuned"]["accuracy"]
+        == trained["tasks"]["sentiment"]["test"]["fine_tuned"]["accuracy"]
+    )
+    capsys.readouterr()
+    assert main(["compare", str(run_dir), str(evals[1]), "--output", str(tmp_path / "cmp")]) == 0
+    table = (tmp_path / "cmp" / "compare.md").read_text()
+    assert run_dir.name in table and evals[1].name in table
+    assert "fine-tuned: accuracy" in table and "trainable parameters" in table
+    assert (tmp_path / "cmp" / "compare.html").read_text().startswith("<!DOCTYPE html>")
+    assert main(["compare", str(tmp_path / "nope")]) == 2

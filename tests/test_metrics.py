@@ -65,7 +65,7 @@ def test_label_scoring_picks_the_most_likely_label():
     encoder = Encoder(tokenizer, max_length=64, chat_template=True)
     evaluator = Evaluator(model, encoder, batch_size=3, max_new_tokens=4, device=torch.device("cpu"))
     examples = [Example("t", i, "question " + "x" * (3 * i), "x") for i in range(4)]  # ragged: left padding
-    scores = evaluator.label_scores(examples, ("yes", "no", "maybe"))
+    scores = evaluator.label_scores([encoder.prompt_ids(e.prompt) for e in examples], ("yes", "no", "maybe"))
     assert scores.shape == (4, 3)
     # Same numbers one sequence at a time, unbatched: batching and padding change nothing.
     for i, e in enumerate(examples):

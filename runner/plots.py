@@ -1,0 +1,111 @@
+"""Figures for report.html and TensorBoard (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: render to memory
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+RUNG_COLORS = {"base_zero_shot": "#9aa5b1", "base_few_shot": "#5b8def", "fine_tuned": "#2f9e44"}
+RUNG_TITLES = {"base_zero_shot": "base, zero-shot", "base_few_shot": "base, few-shot", "fine_tuned": "fine-tuned"}
+
+
+def training_curves(epochs: list[dict], best_epoch: int | None) -> Figure:
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for key, label, style in (("train_loss", "train loss", "o-"), ("val_loss", "validation loss", "s-")):
+        points = [(e["epoch"], e[key]) for e in epochs if e.get(key) is not None]
+        if points:
+            ax.plot(*zip(*points), style, label=label)
+    if best_epoch is not None:
+        ax.axvline(best_epoch, color="#2f9e44", linestyle="--", linewidth=1, label=f"best epoch ({best_epoch})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss (completion tokens)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def ladder_chart(task_name: str, tests: dict, metric: str) -> Figure:
+    """Headline metric per rung with its 95% interval, and the prompt tokens each rung costs."""
+    rungs = [r for r in RUNG_TITLES if r in tests]
+    values = [tests[r][metric] for r in rungs]
+    errors = [
+        [v - tests[r].get("ci95", {}).get(metric, [v, v])[0] for r, v in zip(rungs, values)],
+        [tests[r].get("ci95", {}).get(metric, [v, v])[1] - v for r, v in zip(rungs, values)],
+    ]
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    bars = ax.bar(
+        [RUNG_TITLES[r] for r in rungs], values, yerr=errors, capsize=6, color=[RUNG_COLORS[r] for r in rungs]
+    )
+    for bar, r in zip(bars, rungs):
+        tokens = tests[r].get("prompt_tokens_mean")
+        label = f"{tests[r][metric]:.2f}" + (f"\n{tokens:.0f} prompt tok" if tokens is not None else "")
+        ax.annotate(
+            label,
+            (bar.get_x() + bar.get_width() / 2, 0.02),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            color="white",
+            fontweight="bold",
+        )
+    ax.set_ylim(0, 1)
+    ax.set_ylabel(metric)
+    ax.set_title(f"{task_name}: test {metric} (95% CI)")
+    fig.tight_layout()
+    return fig
+
+
+def confusion_heatmap(task_name: str, confusion: dict) -> Figure:
+    labels, matrix = confusion["labels"], confusion["matrix"]
+    fig, ax = plt.subplots(figsize=(1.1 * len(labels) + 2.2, 1.0 * len(labels) + 1.6))
+    image = ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("gold")
+    top = max((max(row) for row in matrix), default=0)
+    for i, row in enumerate(matrix):
+        for j, value in enumerate(row):
+            ax.text(j, i, str(value), ha="center", va="center", color="white" if value > top / 2 else "black")
+    ax.set_title(f"{task_name}: confusion (fine-tuned)")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+def forgetting_chart(forgetting: dict) -> Figure:
+    """Retention (after / before, 1 = unchanged; for perplexity before / after) per probe."""
+    names = [n for n, e in forgetting.items() if e.get("retention") is not None]
+    values = [forgetting[n]["retention"] for n in names]
+    fig, ax = plt.subplots(figsize=(6, 0.5 * len(names) + 1.4))
+    colors = ["#2f9e44" if v >= 0.98 else "#f59f00" if v >= 0.9 else "#e03131" for v in values]
+    ax.barh(names, values, color=colors)
+    ax.axvline(1.0, color="black", linewidth=1)
+    for i, v in enumerate(values):
+        ax.text(v, i, f" {v:.3f}", va="center", fontsize=8)
+    ax.set_xlim(0, max([1.1, *[v * 1.1 for v in values]]))
+    ax.set_xlabel("retention (1.0 = general ability unchanged)")
+    ax.set_title("catastrophic forgetting probes")
+    fig.tight_layout()
+    return fig
+
+
+def png_bytes(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()
+
+
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def close(fig: Figure) -> None:
+    plt.close(fig)

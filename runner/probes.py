@@ -1,0 +1,118 @@
+"""Forgetting probes: the same general-ability measurements before and after fine-tuning.
+
+Kinds (see the schema's `$defs.probe`):
+- multiple_choice: log-likelihood of each choice after the prompt; `acc` takes the most
+  likely choice, `acc_norm` divides each log-likelihood by the choice's length in characters
+  first (the lm-evaluation-harness conventions).
+- generation: greedy answer to an instruction, checked by exact match or containment.
+- perplexity: exp(token-weighted mean negative log-likelihood) over non-overlapping windows of
+  model.max_length tokens.
+- drift: mean per-token KL(base || fine-tuned) of the next-token distributions on text, in
+  nats; far finer than accuracy on a few hundred items.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import jinja2
+import torch
+
+from runner.data import load_template, read_rows, render_example, template_environment
+from runner.errors import DataError
+from runner.evaluation import Evaluator, kl_divergence, normalize_answer
+from runner.spec import ProbeSpec
+
+HEADLINE = {"multiple_choice": "acc", "generation": "accuracy", "perplexity": "perplexity", "drift": "kl_per_token"}
+HIGHER_IS_BETTER = {"acc": True, "accuracy": True, "perplexity": False, "kl_per_token": False}
+
+
+@dataclass
+class ProbeData:
+    """A probe's items, read and templated once, scored by any model."""
+
+    probe: ProbeSpec
+    prompts: list[str] = field(default_factory=list)
+    answers: list[str] = field(default_factory=list)
+    choices: list[list[str]] = field(default_factory=list)
+    gold: list[int] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)
+    text: str = ""
+
+
+def load_probe(probe: ProbeSpec) -> ProbeData:
+    """Read and template a probe's data; bad rows are reported all at once."""
+    data = ProbeData(probe)
+    if probe.kind in ("perplexity", "drift"):
+        data.text = probe.data.path.read_text(encoding="utf-8")
+        return data
+    rows = read_rows(probe.data)[: probe.max_items]
+    template = load_template(probe.template)
+    choices_of = template_environment().compile_expression(probe.choices) if probe.choices else None
+    problems = []
+    for number, row in enumerate(rows, 1):
+        try:
+            prompt, answer = render_example(template, row)
+            if choices_of is not None:
+                choices = [str(c).strip() for c in choices_of(**{k: v for k, v in row.items() if v is not None})]
+                if answer not in choices:
+                    raise ValueError(f"the answer {answer!r} is not among the choices {choices}.")
+                data.choices.append(choices)
+                data.gold.append(choices.index(answer))
+        except (ValueError, TypeError, jinja2.TemplateError) as exc:
+            problems.append(f"row {number}: {exc}")
+            continue
+        data.prompts.append(prompt)
+        data.answers.append(answer)
+        data.checks.append(row.get("check") if row.get("check") in ("exact", "contains") else probe.match)
+    if problems:
+        raise DataError(f"{probe.data.describe()} (probe {probe.name!r})", problems[:20])
+    return data
+
+
+def run_probe(evaluator: Evaluator, data: ProbeData) -> tuple[dict, torch.Tensor | None]:
+    """Metrics of one probe with one model, and the per-item 0/1 scores for paired bootstraps."""
+    kind = data.probe.kind
+    encoder = evaluator.encoder
+    if kind == "multiple_choice":
+        prompts = [encoder.prompt_ids(p) for p in data.prompts]
+        candidates = [[encoder.completion_ids(c, add_eos=False) for c in cs] for cs in data.choices]
+        scores = evaluator.candidate_scores(prompts, candidates)
+        gold = torch.tensor(data.gold)
+        raw = torch.tensor([int(s.argmax()) for s in scores])
+        lengths = [torch.tensor([max(len(c), 1) for c in cs], dtype=torch.float) for cs in data.choices]
+        norm = torch.tensor([int((s / n).argmax()) for s, n in zip(scores, lengths)])
+        correct = (raw == gold).float()
+        metrics = {"acc": float(correct.mean()), "acc_norm": float((norm == gold).float().mean()), "n": len(gold)}
+        metrics["chance"] = round(sum(1 / len(cs) for cs in data.choices) / len(data.choices), 4)
+        return metrics, correct
+    if kind == "generation":
+        outputs = evaluator.generate([encoder.prompt_ids(p) for p in data.prompts])
+        hits = torch.tensor(
+            [answer_matches(o, a, c) for o, a, c in zip(outputs, data.answers, data.checks)], dtype=torch.float
+        )
+        return {"accuracy": float(hits.mean()), "n": len(hits)}, hits
+    if kind == "perplexity":
+        windows = evaluator.text_windows(data.text, data.probe.max_tokens)
+        nll, tokens = evaluator.token_nll(windows)
+        return {"perplexity": math.exp(nll / tokens), "nll_per_token": nll / tokens, "tokens": tokens}, None
+    raise ValueError(f"run_probe does not score {kind!r} probes; see drift()")
+
+
+def drift(base: Evaluator, tuned: Evaluator, data: ProbeData) -> dict:
+    """Mean per-token KL(base || tuned) on the probe's text, both models on the same windows."""
+    windows = base.text_windows(data.text, data.probe.max_tokens)
+    total, tokens = 0.0, 0
+    for start in range(0, len(windows), base.batch_size):
+        chunk = windows[start : start + base.batch_size]
+        kl = kl_divergence(base.next_token_logprobs(chunk), tuned.next_token_logprobs(chunk))
+        total += float(kl.sum())
+        tokens += kl.numel()
+    return {"kl_per_token": total / tokens, "tokens": tokens}
+
+
+def answer_matches(output: str, answer: str, check: str) -> bool:
+    if check == "contains":
+        return normalize_answer(answer) in normalize_answer(output)
+    return normalize_answer(output) == normalize_answer(answer)

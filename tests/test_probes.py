@@ -1,0 +1,193 @@
+"""Forgetting probes and bootstrap maths: against plain references and hand-computed values."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import base_spec, write_jsonl, write_spec
+
+from runner import stats
+from runner.cli import main
+from runner.data import Encoder
+from runner.evaluation import Evaluator, classification_metrics, kl_divergence
+from runner.model import random_tiny
+from runner.probes import answer_matches, drift, load_probe, run_probe
+from runner.spec import load_spec
+
+
+def tiny_evaluator(seed: int = 0, max_length: int = 64, batch_size: int = 3) -> Evaluator:
+    model, tokenizer = random_tiny(seed)
+    encoder = Encoder(tokenizer, max_length=max_length, chat_template=True)
+    return Evaluator(model, encoder, batch_size=batch_size, max_new_tokens=4, device=torch.device("cpu"))
+
+
+def probe_workdir(workdir):
+    write_jsonl(
+        workdir / "data" / "mc.jsonl",
+        [
+            {"q": "Which is a colour?", "options": ["red", "seven", "run"], "key": 0},
+            {"q": "Which is a number?", "options": ["blue", "seven"], "key": 1},
+            {"q": "Which one flies?", "options": ["stone", "fish", "bird", "table"], "key": 2},
+            {"q": "Which is hot?", "options": ["ice", "fire"], "key": 1},
+        ],
+    )
+    (workdir / "templates" / "mc.jinja").write_text("Q: {{ q }}\nA: ||| {{ options[key] }}")
+    write_jsonl(
+        workdir / "data" / "gen.jsonl",
+        [{"ask": "Say yes.", "answer": "yes"}, {"ask": "Say no.", "answer": "no", "check": "contains"}],
+    )
+    (workdir / "templates" / "gen.jinja").write_text("{{ ask }} ||| {{ answer }}")
+    (workdir / "data" / "prose.txt").write_text("The quick brown fox jumps over the lazy dog. " * 12)
+    probes = [
+        {
+            "name": "mc",
+            "kind": "multiple_choice",
+            "data": "data/mc.jsonl",
+            "template": "mc.jinja",
+            "choices": "options",
+        },
+        {"name": "gen", "kind": "generation", "data": "data/gen.jsonl", "template": "gen.jinja"},
+        {"name": "ppl", "kind": "perplexity", "data": "data/prose.txt", "max_tokens": 400},
+        {"name": "drift", "kind": "drift", "data": "data/prose.txt", "max_tokens": 200},
+    ]
+    raw = base_spec()
+    raw["evaluation"]["forgetting"] = probes
+    return load_spec(write_spec(workdir / "probes.yaml", raw))
+
+
+def test_multiple_choice_matches_a_plain_per_choice_reference(workdir):
+    spec = probe_workdir(workdir)
+    data = load_probe(spec.evaluation.forgetting[0])
+    assert data.gold == [0, 1, 2, 1] and data.choices[2] == ["stone", "fish", "bird", "table"]
+    evaluator = tiny_evaluator()
+    metrics, correct = run_probe(evaluator, data)
+    enc = evaluator.encoder
+    raw_hits, norm_hits = [], []
+    for prompt, choices, gold in zip(data.prompts, data.choices, data.gold):
+        rows = [enc.join(enc.prompt_ids(prompt), enc.completion_ids(c, add_eos=False)) for c in choices]
+        loglik = evaluator.sequence_logprobs(rows)  # one full sequence per choice, no cache
+        raw_hits.append(int(loglik.argmax()) == gold)
+        norm_hits.append(int((loglik / torch.tensor([len(c) for c in choices])).argmax()) == gold)
+    assert correct.tolist() == [float(h) for h in raw_hits]
+    assert metrics["acc"] == pytest.approx(sum(raw_hits) / 4)
+    assert metrics["acc_norm"] == pytest.approx(sum(norm_hits) / 4)
+    assert metrics["chance"] == pytest.approx((1 / 3 + 1 / 2 + 1 / 4 + 1 / 2) / 4, abs=1e-4)
+
+
+def test_perplexity_matches_a_direct_computation(workdir):
+    spec = probe_workdir(workdir)
+    data = load_probe(spec.evaluation.forgetting[2])
+    evaluator = tiny_evaluator(max_length=64)
+    metrics, _ = run_probe(evaluator, data)
+    ids = evaluator.encoder.tokenizer(data.text, add_special_tokens=False)["input_ids"][:400]
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        evaluator.model.eval()
+        for start in range(0, len(ids), 64):
+            window = torch.tensor([ids[start : start + 64]])
+            logits = evaluator.model(window).logits[0, :-1]
+            nll += float(F.cross_entropy(logits, window[0, 1:], reduction="sum"))
+            count += window.shape[1] - 1
+    assert metrics["tokens"] == count == 400 - math.ceil(400 / 64)
+    assert metrics["perplexity"] == pytest.approx(math.exp(nll / count), rel=1e-4)
+
+
+def test_drift_is_zero_for_the_same_model_and_positive_for_another(workdir):
+    spec = probe_workdir(workdir)
+    data = load_probe(spec.evaluation.forgetting[3])
+    a, b = tiny_evaluator(seed=0), tiny_evaluator(seed=1)
+    assert drift(a, a, data)["kl_per_token"] == pytest.approx(0.0, abs=1e-6)
+    moved = drift(a, b, data)
+    assert moved["kl_per_token"] > 0.001 and moved["tokens"] == 200 - math.ceil(200 / 64)
+    p = torch.log_softmax(torch.tensor([[1.0, 2.0, 3.0]]), -1)
+    q = torch.log_softmax(torch.tensor([[3.0, 2.0, 1.0]]), -1)
+    assert float(kl_divergence(p, q)) == pytest.approx(float((p.exp() * (p - q)).sum()))
+
+
+def test_generation_checks_and_row_overrides(workdir):
+    spec = probe_workdir(workdir)
+    data = load_probe(spec.evaluation.forgetting[1])
+    assert data.checks == ["exact", "contains"]
+    assert answer_matches("Yes.", "yes", "exact") and not answer_matches("Yes, sure", "yes", "exact")
+    assert answer_matches("I say no thanks", "no", "contains")
+
+
+def test_bad_probe_rows_are_named(workdir):
+    write_jsonl(workdir / "data" / "mc.jsonl", [{"q": "x", "options": ["a", "b"], "key": 5}])
+    (workdir / "templates" / "mc.jinja").write_text("Q: {{ q }} ||| {{ options[key] | default('zzz') }}")
+    raw = base_spec()
+    raw["evaluation"]["forgetting"] = [
+        {"name": "mc", "kind": "multiple_choice", "data": "data/mc.jsonl", "template": "mc.jinja", "choices": "options"}
+    ]
+    spec = load_spec(write_spec(workdir / "p.yaml", raw))
+    from runner.errors import DataError
+
+    with pytest.raises(DataError) as info:
+        load_probe(spec.evaluation.forgetting[0])
+    assert info.value.problems == ["row 1: the answer 'zzz' is not among the choices ['a', 'b']."]
+
+
+def test_probe_spec_problems(workdir):
+    raw = base_spec()
+    raw["evaluation"]["forgetting"] = [
+        {"name": "a", "kind": "multiple_choice", "data": "data/sentiment.jsonl", "template": "sentiment.jinja"},
+        {"name": "b", "kind": "perplexity", "data": "data/sentiment.jsonl"},
+        {"name": "c", "kind": "drift", "data": "../nowhere/wiki.txt"},
+    ]
+    from runner.errors import SpecError
+
+    with pytest.raises(SpecError) as info:
+        load_spec(write_spec(workdir / "p.yaml", raw))
+    assert info.value.problems == [
+        "$.evaluation.forgetting[0]: a multiple_choice probe needs 'choices', a Jinja expression giving the list of choice texts.",
+        "$.evaluation.forgetting[1].data: a perplexity probe reads a .txt file.",
+        f"$.evaluation.forgetting[2].data: file '../nowhere/wiki.txt' not found (relative to {workdir.name}/); check the path.",
+    ]
+
+
+def test_builtin_general_suite_is_complete(workdir):
+    raw = base_spec()
+    raw["evaluation"]["forgetting"] = ["general"]
+    spec = load_spec(write_spec(workdir / "g.yaml", raw))
+    probes = {p.name: load_probe(p) for p in spec.evaluation.forgetting}
+    assert {p.probe.kind for p in probes.values()} == {"multiple_choice", "generation", "perplexity", "drift"}
+    mc = probes["general_mc"]
+    assert len(mc.prompts) >= 200 and all(len(c) == 4 for c in mc.choices)
+    assert sorted(set(mc.gold)) == [0, 1, 2, 3]
+    assert len(probes["general_instructions"].prompts) >= 50
+    assert len(probes["general_perplexity"].text.split()) >= 15000  # > 20,000 tokens with a subword tokenizer
+
+
+def test_forgetting_section_end_to_end(workdir):
+    probe_workdir(workdir)
+    assert main(["run", str(workdir / "probes.yaml"), "--set", "training.epochs=1"]) == 0
+    run_dir = next((workdir / "runs" / "tiny").iterdir())
+    report = json.loads((run_dir / "report.json").read_text())
+    forgetting = report["forgetting"]
+    assert set(forgetting) == {"mc", "gen", "ppl", "drift"}
+    mc = forgetting["mc"]
+    assert mc["metric"] == "acc" and mc["delta"] == pytest.approx(mc["after"] - mc["before"], abs=1e-4)
+    assert len(mc["delta_ci95"]) == 2 and "acc_norm" in mc["details_after"]
+    ppl = forgetting["ppl"]
+    assert ppl["retention"] == pytest.approx(ppl["before"] / ppl["after"], rel=1e-3)
+    assert forgetting["drift"]["value"] > 0 and forgetting["drift"]["kind"] == "drift"
+    assert report["forgetting_summary"].endswith(".")
+    assert 'alt="retention per forgetting probe"' in (run_dir / "report.html").read_text()
+
+
+def test_bootstrap_f1_and_accuracy_agree_with_the_point_metrics():
+    preds = torch.tensor([0, 0, 1, 1, 2, 2, 0])
+    gold = torch.tensor([0, 1, 1, 2, 2, 2, 0])
+    identity = torch.arange(7).unsqueeze(0)
+    point = classification_metrics(preds, gold, ("a", "b", "c"))
+    assert float(stats.f1_macro_samples(preds, gold, 3, identity)[0]) == pytest.approx(point["f1_macro"])
+    assert float(stats.accuracy_samples(preds == gold, identity)[0]) == pytest.approx(point["accuracy"])
+    idx = stats.resample_indices(7, 500, seed=1)
+    assert torch.equal(idx, stats.resample_indices(7, 500, seed=1))
+    low, high = stats.interval(stats.accuracy_samples(preds == gold, idx))
+    assert 0 <= low < point["accuracy"] < high <= 1
+    assert stats.excludes_zero([0.01, 0.2]) and not stats.excludes_zero([-0.1, 0.2])

@@ -7,6 +7,7 @@ probe goes through the same `Evaluator`, so the numbers are comparable by constr
 from __future__ import annotations
 
 import contextlib
+import inspect
 import random
 import re
 from dataclasses import dataclass
@@ -110,12 +111,15 @@ class Evaluator:
                 targets[j, : len(tokens) - 1] = torch.tensor(tokens[1:])
             inputs, targets = inputs.to(self.device), targets.to(self.device)
             rows = torch.tensor(owner, device=self.device)
-            cache = prompt_out.past_key_values
+            cache = _output_cache(prompt_out)
             cache.batch_select_indices(rows)
             full_mask = torch.cat([mask[rows], torch.ones_like(inputs)], dim=1)
             cont_positions = mask.sum(-1, keepdim=True)[rows] + torch.arange(steps, device=self.device)
             hidden = decoder(
-                input_ids=inputs, attention_mask=full_mask, position_ids=cont_positions, past_key_values=cache
+                input_ids=inputs,
+                attention_mask=full_mask,
+                position_ids=cont_positions,
+                **{_cache_kwarg(decoder): cache},
             ).last_hidden_state
             valid = targets >= 0
             logprobs = torch.log_softmax(head(hidden[valid]).float(), dim=-1)
@@ -229,6 +233,16 @@ class Evaluator:
             ]
         metrics["prompt_tokens_mean"] = round(prompt_tokens, 1)
         return metrics, records
+
+
+def _cache_kwarg(decoder: torch.nn.Module) -> str:
+    """transformers renamed `past_key_values` to `cache` (5.x); pass whichever this version takes."""
+    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+
+
+def _output_cache(output):
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
 
 
 def few_shot_examples(train: list[Example], example: Example, k: int, seed: int) -> list[Example]:

@@ -25,7 +25,8 @@ report.json, schema_version 2:
   training          {epochs_run, best_epoch, best_val_loss, stopped_early, global_steps,
                      best_checkpoint, epochs: [{epoch, train_loss, val_loss}]}
   cost              {train_seconds, trainable_params, total_params, peak_rss_mb,
-                     tokens_per_second, train_tokens, checkpoint_mb}
+                     tokens_per_second, train_tokens, checkpoint_mb, score_base_seconds,
+                     score_tuned_seconds}
 """
 
 from __future__ import annotations
@@ -228,6 +229,10 @@ def document(report: dict, images: dict[str, str]) -> list[tuple]:
             ["trainable parameters", f"{cost['trainable_params']:,} of {cost['total_params']:,} ({share:.2f}%)"],
             ["peak memory (RSS)", f"{cost['peak_rss_mb']:.0f} MB"],
             ["exported model", f"{cost.get('checkpoint_mb', 0):.1f} MB"],
+            [
+                "scoring time (base / fine-tuned)",
+                f"{cost.get('score_base_seconds', 0):.0f} s / {cost.get('score_tuned_seconds', 0):.0f} s",
+            ],
         ]
         blocks.append(("table", ["", ""], rows))
     return blocks

@@ -7,6 +7,7 @@ checkpoint -> score it (fine-tuned, probes "after", drift) -> write the report.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as dt
 import importlib.metadata
@@ -14,6 +15,7 @@ import json
 import logging
 import platform
 import subprocess
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,7 +105,8 @@ def _train_flow(spec: Spec, run_dir: Path, report: dict, resume_from: Path | Non
 
     scores = Scores()
     evaluator = make_evaluator(model, encoder, spec)
-    score_base(evaluator, tasks, probes, spec, report, scores, run_dir)
+    with timed(report, "score_base_seconds"):
+        score_base(evaluator, tasks, probes, spec, report, scores, run_dir)
     reporting.write_json(run_dir / "report.json", report)
 
     # Drift compares next-token distributions of base and tuned model: LoRA can switch its
@@ -123,7 +126,8 @@ def _train_flow(spec: Spec, run_dir: Path, report: dict, resume_from: Path | Non
 
     evaluator.model = module.model.to(evaluator.device)
     base = base_evaluator(evaluator, base_copy)
-    score_tuned(evaluator, base, tasks, probes, spec, report, scores, run_dir)
+    with timed(report, "score_tuned_seconds"):
+        score_tuned(evaluator, base, tasks, probes, spec, report, scores, run_dir)
     report["training"] = {
         "epochs_run": result.epochs_run,
         "best_epoch": result.best_epoch,
@@ -134,6 +138,7 @@ def _train_flow(spec: Spec, run_dir: Path, report: dict, resume_from: Path | Non
         "epochs": result.history,
     }
     report["cost"] = {
+        **report.get("cost", {}),
         "train_seconds": round(result.seconds, 2),
         "trainable_params": trainable,
         "total_params": total,
@@ -169,6 +174,16 @@ def _eval_flow(spec: Spec, run_dir: Path, report: dict, checkpoint: Path | None)
     logger = TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)
     logger.log_hyperparams(hparams(spec), reporting.hparam_metrics(report))
     finish(run_dir, report, "complete", writer=logger.experiment, step=0)
+
+
+@contextlib.contextmanager
+def timed(report: dict, key: str):
+    """Record a phase's wall time under report["cost"][key]."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        report.setdefault("cost", {})[key] = round(time.perf_counter() - started, 1)
 
 
 def load_checkpoint_model(model: torch.nn.Module, spec: Spec, checkpoint: Path) -> torch.nn.Module:

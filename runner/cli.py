@@ -102,14 +102,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from runner.run import run_experiment
+    from runner.run import is_rank_zero, run_experiment
     from runner.spec import load_spec
 
     spec = load_spec(args.spec, args.overrides)
     if args.resume is not None and not args.resume.is_dir():
         raise RunnerError(f"--resume {args.resume}: not a run folder.")
     run_dir = run_experiment(spec, output_dir=args.output_dir, resume=args.resume)
-    print_summary(run_dir)
+    if is_rank_zero():  # other ranks of a multi-process strategy have trained; rank 0 reports
+        print_summary(run_dir)
     return 0
 
 

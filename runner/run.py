@@ -13,6 +13,7 @@ import datetime as dt
 import importlib.metadata
 import json
 import logging
+import os
 import platform
 import subprocess
 import time
@@ -60,11 +61,47 @@ class Scores:
     drift: dict[str, dict] = field(default_factory=dict)
 
 
+RUN_DIR_ENV = "RUNNER_RUN_DIR"
+
+
 def run_experiment(spec: Spec, output_dir: Path | None = None, resume: Path | None = None) -> Path:
     """Train and evaluate; returns the run folder."""
+    if not is_rank_zero():
+        # A process launched by a Lightning strategy (DDP ranks re-run the command): join the
+        # launcher's run folder and train; scoring and the report are rank 0's.
+        run_dir = Path(os.environ[RUN_DIR_ENV])
+        _worker_flow(spec, run_dir, _last_checkpoint(resume) if resume is not None else None)
+        return run_dir
     run_dir = resume if resume is not None else new_run_dir(output_dir or spec.output_dir, spec.name)
+    os.environ[RUN_DIR_ENV] = str(run_dir)  # inherited by the processes a strategy launches
     resume_from = _last_checkpoint(resume) if resume is not None else None
     return _guarded(spec, run_dir, "train", lambda report: _train_flow(spec, run_dir, report, resume_from))
+
+
+def is_rank_zero() -> bool:
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def _worker_flow(spec: Spec, run_dir: Path, resume_from: Path | None) -> None:
+    """Rank > 0: the same data, model and trainer as rank 0, without scoring or writing."""
+    import lightning as L
+
+    quiet_libraries()
+    L.seed_everything(spec.seed, verbose=False)
+    tasks = prepare_data(spec)
+    model, tokenizer = load_model(spec.model.source, spec.seed)
+    encoder = Encoder(tokenizer, spec.model.max_length, spec.model.chat_template)
+    datamodule = FineTuneData(tasks, encoder, spec.training.batch_size, spec.training.num_workers, spec.seed)
+    module = FineTuner(
+        apply_method(model, spec.method),
+        spec.training,
+        [t.task.name for t in tasks],
+        save_frozen=spec.method.kind == "full",
+    )
+    module.train()
+    fit(module, datamodule, spec, run_dir, resume_from)
 
 
 def eval_experiment(spec: Spec, checkpoint: Path | None, output_dir: Path | None = None) -> Path:

@@ -255,7 +255,7 @@ def fit(
         best_checkpoint=best_path,
         last_checkpoint=last_path,
         history=history,
-        tokens=module.train_tokens,
+        tokens=module.train_tokens * trainer.world_size,  # each rank counts its own share
         step_seconds=module.train_step_seconds,
         global_steps=trainer.global_step,
     )

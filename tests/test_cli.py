@@ -232,3 +232,17 @@ def test_eval_base_and_checkpoint_then_compare(classification_run, tmp_path, cap
     assert "fine-tuned: accuracy" in table and "trainable parameters" in table
     assert (tmp_path / "cmp" / "compare.html").read_text().startswith("<!DOCTYPE html>")
     assert main(["compare", str(tmp_path / "nope")]) == 2
+
+
+def test_ddp_on_two_cpu_processes_writes_one_run_folder(workdir):
+    """Lightning's own DDP strategy (gloo on CPU): ranks share one run folder; rank 0 reports."""
+    raw = base_spec(trainer={"accelerator": "cpu", "devices": 2, "strategy": "ddp", "precision": "32-true"})
+    raw["evaluation"]["baselines"] = ["fine_tuned"]
+    spec = write_spec(workdir / "ddp.yaml", raw)
+    proc = subprocess.run(
+        [sys.executable, "-m", "runner", "run", str(spec)], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("Report:") == 1
+    report = json.loads((only_run_dir(workdir) / "report.json").read_text())
+    assert report["status"] == "complete" and report["training"]["epochs_run"] == 2

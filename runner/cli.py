@@ -36,26 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check a spec and print it with every default filled in")
     validate.add_argument("spec", type=Path)
-    validate.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a spec value (dotted path, YAML value); repeatable",
-    )
+    add_overrides(validate)
     validate.set_defaults(func=cmd_validate)
 
     run = sub.add_parser("run", help="prepare data, train, evaluate and write the run folder")
     run.add_argument("spec", type=Path)
-    run.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a spec value (dotted path, YAML value); repeatable",
-    )
+    add_overrides(run)
     run.add_argument("--output-dir", type=Path, help="where run folders go (overrides output_dir)")
     run.add_argument(
         "--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run from its checkpoints/last.ckpt"
@@ -67,14 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     which = evaluate.add_mutually_exclusive_group(required=True)
     which.add_argument("--checkpoint", type=Path, help="a run's checkpoints/*.ckpt or its model/ folder")
     which.add_argument("--base", action="store_true", help="only the untouched base model")
-    evaluate.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a spec value; repeatable",
-    )
+    add_overrides(evaluate)
     evaluate.add_argument("--output-dir", type=Path, help="where run folders go (overrides output_dir)")
     evaluate.set_defaults(func=cmd_eval)
 
@@ -88,6 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
     schema = sub.add_parser("schema", help="print the experiment JSON Schema")
     schema.set_defaults(func=cmd_schema)
     return parser
+
+
+def add_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec value (dotted path, YAML value, validated like the file); repeatable",
+    )
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -20,13 +20,20 @@ def only_run_dir(root: Path) -> Path:
 
 
 def tensorboard_tags(run_dir: Path) -> set[str]:
+    """Every scalar, image, text and plugin tag in the run's event files."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     tags = set()
     for events in (run_dir / "tensorboard").glob("events.out.tfevents.*"):
-        acc = EventAccumulator(str(events))
+        acc = EventAccumulator(str(events), size_guidance={"images": 0, "tensors": 0})
         acc.Reload()
-        tags |= set(acc.Tags()["scalars"]) | set(acc.Tags()["tensors"])
+        found = acc.Tags()
+        tags |= set(found["scalars"]) | set(found["tensors"]) | set(found["images"])
+        tags |= {f"plugin:{name}" for name in acc.PluginAssets("hparams") or []}
+        tags |= {
+            f"plugin:{p}"
+            for p in acc.summary_metadata and {m.plugin_data.plugin_name for m in acc.summary_metadata.values()}
+        }
     return tags
 
 
@@ -100,6 +107,11 @@ def test_tensorboard_events_hold_training_and_test_scalars(classification_run):
         "val/sentiment/loss",
         "test/sentiment/fine_tuned/accuracy",
         "test/sentiment/base_zero_shot/f1_macro",
+        "test/sentiment/base_few_shot/prompt_tokens_mean",
+        "figures/confusion_sentiment",
+        "samples/sentiment/text_summary",
+        "report/text_summary",
+        "plugin:hparams",
     }
     assert expected <= tags, expected - tags
 

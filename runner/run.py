@@ -493,11 +493,21 @@ def new_run_dir(output_dir: Path, name: str) -> Path:
 
 
 def _last_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint to resume from, checked to load as tensors only before anything starts."""
     last = run_dir / "checkpoints" / "last.ckpt"
     if not last.is_file():
         raise RunnerError(
             f"--resume {run_dir}: no checkpoints/last.ckpt there; give a run folder that trained at least one epoch."
         )
+    try:
+        state = torch.load(last, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for damaged or foreign files
+        reason = " ".join(str(exc).split())[:200]
+        raise RunnerError(
+            f"--resume {run_dir}: checkpoints/last.ckpt cannot be read as a checkpoint ({reason})."
+        ) from None
+    if not isinstance(state, dict) or "state_dict" not in state:
+        raise RunnerError(f"--resume {run_dir}: checkpoints/last.ckpt is not a Lightning checkpoint written by runner.")
     return last
 
 

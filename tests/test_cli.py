@@ -258,3 +258,16 @@ def test_ddp_on_two_cpu_processes_writes_one_run_folder(workdir):
     assert proc.stdout.count("Report:") == 1
     report = json.loads((only_run_dir(workdir) / "report.json").read_text())
     assert report["status"] == "complete" and report["training"]["epochs_run"] == 2
+
+
+def test_resume_from_a_damaged_checkpoint_is_a_clear_error(classification_run, tmp_path, capsys):
+    import shutil
+
+    run_dir, root = classification_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    (copy / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
+    assert main(["run", str(root / "spec.yaml"), "--resume", str(copy)]) == 1
+    err = capsys.readouterr().err
+    assert "checkpoints/last.ckpt cannot be read as a checkpoint" in err and "Traceback" not in err
+    assert json.loads((copy / "report.json").read_text())["status"] == "complete"  # the earlier report is kept

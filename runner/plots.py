@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display: render to memory
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 RUNG_COLORS = {"base_zero_shot": "#9aa5b1", "base_few_shot": "#5b8def", "fine_tuned": "#2f9e44"}
 RUNG_TITLES = {"base_zero_shot": "base, zero-shot", "base_few_shot": "base, few-shot", "fine_tuned": "fine-tuned"}
@@ -24,6 +25,7 @@ def training_curves(epochs: list[dict], best_epoch: int | None) -> Figure:
     if best_epoch is not None:
         ax.axvline(best_epoch, color="#2f9e44", linestyle="--", linewidth=1, label=f"best epoch ({best_epoch})")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("loss (completion tokens)")
     ax.legend()
     ax.grid(alpha=0.3)

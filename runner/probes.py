@@ -24,6 +24,7 @@ from runner.errors import DataError
 from runner.evaluation import Evaluator, kl_divergence, normalize_answer
 from runner.spec import ProbeSpec
 
+DRIFT_WINDOWS = 2
 HEADLINE = {"multiple_choice": "acc", "generation": "accuracy", "perplexity": "perplexity", "drift": "kl_per_token"}
 HIGHER_IS_BETTER = {"acc": True, "accuracy": True, "perplexity": False, "kl_per_token": False}
 
@@ -104,8 +105,10 @@ def drift(base: Evaluator, tuned: Evaluator, data: ProbeData) -> dict:
     """Mean per-token KL(base || tuned) on the probe's text, both models on the same windows."""
     windows = base.text_windows(data.text, data.probe.max_tokens)
     total, tokens = 0.0, 0
-    for start in range(0, len(windows), base.batch_size):
-        chunk = windows[start : start + base.batch_size]
+    # Full-vocabulary log-probabilities of two models at once are large (a 384-token window
+    # of a 49k vocabulary is 75 MB per model in fp32): go two windows at a time.
+    for start in range(0, len(windows), DRIFT_WINDOWS):
+        chunk = windows[start : start + DRIFT_WINDOWS]
         kl = kl_divergence(base.next_token_logprobs(chunk), tuned.next_token_logprobs(chunk))
         total += float(kl.sum())
         tokens += kl.numel()

@@ -191,3 +191,37 @@ def test_bootstrap_f1_and_accuracy_agree_with_the_point_metrics():
     low, high = stats.interval(stats.accuracy_samples(preds == gold, idx))
     assert 0 <= low < point["accuracy"] < high <= 1
     assert stats.excludes_zero([0.01, 0.2]) and not stats.excludes_zero([-0.1, 0.2])
+
+
+def test_forgetting_sentence_tells_forgetting_shift_and_none_apart():
+    from runner.report import forgetting_sentence
+
+    mc = {
+        "kind": "multiple_choice",
+        "metric": "acc",
+        "before": 0.6,
+        "after": 0.6,
+        "delta": 0.0,
+        "retention": 1.0,
+        "delta_ci95": [-0.03, 0.03],
+        "excludes_zero": False,
+    }
+    ppl = {
+        "kind": "perplexity",
+        "metric": "perplexity",
+        "before": 20.0,
+        "after": 20.1,
+        "delta": 0.1,
+        "retention": 0.995,
+    }
+    drift = {"kind": "drift", "metric": "kl_per_token", "value": 0.005}
+    assert forgetting_sentence({"mc": mc, "ppl": ppl, "drift": drift}).startswith(
+        "No measurable forgetting: mc acc moved +0.000"
+    )
+    shifted = forgetting_sentence({"mc": mc, "ppl": {**ppl, "after": 21.2}, "drift": {**drift, "value": 0.07}})
+    assert shifted.startswith(
+        "No accuracy probe dropped measurably, but the model's general text behaviour shifted (ppl, drift)"
+    )
+    dropped = {**mc, "after": 0.5, "delta": -0.1, "delta_ci95": [-0.15, -0.05], "excludes_zero": True}
+    assert forgetting_sentence({"mc": dropped, "ppl": ppl}).startswith("Forgetting detected on mc: mc acc moved -0.100")
+    assert "Forgetting detected on ppl" in forgetting_sentence({"ppl": {**ppl, "after": 23.0}})

@@ -351,6 +351,3 @@ class FineTuneData(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         rows = [row for rows in self.val_sets for row in rows]
         return DataLoader(rows, batch_size=self.batch_size, collate_fn=self.collator, num_workers=self.num_workers)
-
-    def train_tokens(self) -> int:
-        return sum(len(r["input_ids"]) for r in self.train_rows)

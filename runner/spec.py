@@ -161,9 +161,6 @@ class Spec:
     source_path: Path | None = None
     raw: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
-    def task(self, name: str) -> TaskSpec:
-        return next(t for t in self.tasks if t.name == name)
-
 
 DEFAULT_LEARNING_RATE = {"lora": 5e-4, "full": 2e-5}
 

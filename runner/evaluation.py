@@ -26,6 +26,8 @@ from runner.data import Collator, Encoder, Example, TaskData
 from runner.model import causal_lm
 from runner.training import completion_logprobs
 
+TEXT_WINDOWS = 2  # windows per forward pass for perplexity and drift
+
 
 @dataclass
 class Evaluator:
@@ -132,14 +134,15 @@ class Evaluator:
             start += len(cands)
         return out
 
-    def sequence_logprobs(self, rows: list[dict]) -> torch.Tensor:
+    def sequence_logprobs(self, rows: list[dict], batch_size: int | None = None) -> torch.Tensor:
         """Summed completion log-probability of each encoded row (the plain reference path)."""
         collator = Collator(self.encoder.tokenizer.pad_token_id)
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
         out = torch.empty(len(rows))
+        step = batch_size or self.batch_size
         with self._inference():
-            for start in range(0, len(order), self.batch_size):
-                idx = order[start : start + self.batch_size]
+            for start in range(0, len(order), step):
+                idx = order[start : start + step]
                 batch = {k: v.to(self.device) for k, v in collator([rows[i] for i in idx]).items()}
                 out[idx] = completion_logprobs(self.model, batch).float().cpu()
         return out
@@ -184,7 +187,9 @@ class Evaluator:
     def token_nll(self, windows: list[list[int]]) -> tuple[float, int]:
         """(summed negative log-likelihood, predicted tokens) over the windows."""
         rows = [{"input_ids": w, "labels": w} for w in windows]
-        total = float(-self.sequence_logprobs(rows).sum())
+        # Every position is scored, so the vocabulary head runs on whole windows: keep batches
+        # small (TEXT_WINDOWS) to bound the full-vocabulary logits in memory.
+        total = float(-self.sequence_logprobs(rows, batch_size=TEXT_WINDOWS).sum())
         return total, sum(len(w) - 1 for w in windows)
 
     def next_token_logprobs(self, windows: list[list[int]]) -> torch.Tensor:

@@ -21,10 +21,9 @@ import torch
 
 from runner.data import load_template, read_rows, render_example, template_environment
 from runner.errors import DataError
-from runner.evaluation import Evaluator, kl_divergence, normalize_answer
+from runner.evaluation import TEXT_WINDOWS, Evaluator, kl_divergence, normalize_answer
 from runner.spec import ProbeSpec
 
-DRIFT_WINDOWS = 2
 HEADLINE = {"multiple_choice": "acc", "generation": "accuracy", "perplexity": "perplexity", "drift": "kl_per_token"}
 HIGHER_IS_BETTER = {"acc": True, "accuracy": True, "perplexity": False, "kl_per_token": False}
 
@@ -106,9 +105,9 @@ def drift(base: Evaluator, tuned: Evaluator, data: ProbeData) -> dict:
     windows = base.text_windows(data.text, data.probe.max_tokens)
     total, tokens = 0.0, 0
     # Full-vocabulary log-probabilities of two models at once are large (a 384-token window
-    # of a 49k vocabulary is 75 MB per model in fp32): go two windows at a time.
-    for start in range(0, len(windows), DRIFT_WINDOWS):
-        chunk = windows[start : start + DRIFT_WINDOWS]
+    # of a 49k vocabulary is 75 MB per model in fp32): a few windows at a time.
+    for start in range(0, len(windows), TEXT_WINDOWS):
+        chunk = windows[start : start + TEXT_WINDOWS]
         kl = kl_divergence(base.next_token_logprobs(chunk), tuned.next_token_logprobs(chunk))
         total += float(kl.sum())
         tokens += kl.numel()

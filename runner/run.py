@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import datetime as dt
 import importlib.metadata
 import json
@@ -52,10 +53,16 @@ BASE_RUNGS = {"base_zero_shot": False, "base_few_shot": True}  # rung -> uses fe
 
 
 @dataclass
-class Scores:
-    """Per-item outcomes kept for paired bootstraps, next to the report being built."""
+class Scoring:
+    """What every scoring step shares: the spec, the data and probes, where results go, and the
+    per-item outcomes kept for paired bootstraps."""
 
-    tasks: dict[str, dict[str, reporting.ItemScores]] = field(default_factory=dict)
+    spec: Spec
+    tasks: list[TaskData]
+    probes: list[ProbeData]
+    report: dict
+    run_dir: Path
+    tasks_items: dict[str, dict[str, reporting.ItemScores]] = field(default_factory=dict)
     probes_before: dict[str, tuple[dict, torch.Tensor | None]] = field(default_factory=dict)
     probes_after: dict[str, tuple[dict, torch.Tensor | None]] = field(default_factory=dict)
     drift: dict[str, dict] = field(default_factory=dict)
@@ -140,10 +147,10 @@ def _train_flow(spec: Spec, run_dir: Path, report: dict, resume_from: Path | Non
     describe_data(report, tasks, encoder, spec)
     (run_dir / "predictions.jsonl").unlink(missing_ok=True)  # a resumed run scores everything again
 
-    scores = Scores()
+    scoring = Scoring(spec, tasks, probes, report, run_dir)
     evaluator = make_evaluator(model, encoder, spec)
     with timed(report, "score_base_seconds"):
-        score_base(evaluator, tasks, probes, spec, report, scores, run_dir)
+        score_base(evaluator, scoring)
     reporting.write_json(run_dir / "report.json", report)
 
     # Drift compares next-token distributions of base and tuned model: LoRA can switch its
@@ -164,7 +171,7 @@ def _train_flow(spec: Spec, run_dir: Path, report: dict, resume_from: Path | Non
     evaluator.model = module.model.to(evaluator.device)
     base = base_evaluator(evaluator, base_copy)
     with timed(report, "score_tuned_seconds"):
-        score_tuned(evaluator, base, tasks, probes, spec, report, scores, run_dir)
+        score_tuned(evaluator, base, scoring)
     report["training"] = {
         "epochs_run": result.epochs_run,
         "best_epoch": result.best_epoch,
@@ -184,7 +191,7 @@ def _train_flow(spec: Spec, run_dir: Path, report: dict, resume_from: Path | Non
         "train_tokens": result.tokens,
         "checkpoint_mb": folder_mb(run_dir / "model"),
     }
-    summarize(report, scores, spec)
+    summarize(scoring)
     trainer.logger.log_hyperparams(hparams(spec), reporting.hparam_metrics(report))
     finish(run_dir, report, "complete", writer=trainer.logger.experiment, step=result.global_steps)
 
@@ -198,16 +205,16 @@ def _eval_flow(spec: Spec, run_dir: Path, report: dict, checkpoint: Path | None)
     model, tokenizer = load_model(spec.model.source, spec.seed)
     encoder = Encoder(tokenizer, spec.model.max_length, spec.model.chat_template)
     describe_data(report, tasks, encoder, spec)
-    scores = Scores()
+    scoring = Scoring(spec, tasks, probes, report, run_dir)
     evaluator = make_evaluator(model, encoder, spec)
-    score_base(evaluator, tasks, probes, spec, report, scores, run_dir)
+    score_base(evaluator, scoring)
     if checkpoint is not None:
         report["checkpoint"] = str(checkpoint)
         base_copy = copy.deepcopy(model) if spec.method.kind == "full" else None
         tuned = load_checkpoint_model(model, spec, checkpoint)
         evaluator.model = tuned.to(evaluator.device)
-        score_tuned(evaluator, base_evaluator(evaluator, base_copy), tasks, probes, spec, report, scores, run_dir)
-    summarize(report, scores, spec)
+        score_tuned(evaluator, base_evaluator(evaluator, base_copy), scoring)
+    summarize(scoring)
     logger = TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)
     logger.log_hyperparams(hparams(spec), reporting.hparam_metrics(report))
     finish(run_dir, report, "complete", writer=logger.experiment, step=0)
@@ -242,83 +249,40 @@ def load_checkpoint_model(model: torch.nn.Module, spec: Spec, checkpoint: Path) 
     return module.model
 
 
-def score_base(
-    evaluator: Evaluator,
-    tasks: list[TaskData],
-    probes: list[ProbeData],
-    spec: Spec,
-    report: dict,
-    scores: Scores,
-    run_dir: Path,
-) -> None:
+def score_base(evaluator: Evaluator, scoring: Scoring) -> None:
     """The untouched model: zero-shot and few-shot rungs, and every probe's 'before'."""
     for rung, few_shot in BASE_RUNGS.items():
-        if rung in spec.evaluation.baselines:
-            score_tasks(
-                evaluator, tasks, rung, spec.evaluation.few_shot_k if few_shot else 0, spec, report, scores, run_dir
-            )
-    for p in probes:
+        if rung in scoring.spec.evaluation.baselines:
+            score_tasks(evaluator, rung, scoring.spec.evaluation.few_shot_k if few_shot else 0, scoring)
+    for p in scoring.probes:
         if p.probe.kind != "drift":
-            scores.probes_before[p.probe.name] = run_probe(evaluator, p)
+            scoring.probes_before[p.probe.name] = run_probe(evaluator, p)
 
 
-def score_tuned(
-    evaluator: Evaluator,
-    base: Evaluator,
-    tasks: list[TaskData],
-    probes: list[ProbeData],
-    spec: Spec,
-    report: dict,
-    scores: Scores,
-    run_dir: Path,
-) -> None:
+def score_tuned(evaluator: Evaluator, base: Evaluator, scoring: Scoring) -> None:
     """The fine-tuned model: its rung, every probe's 'after', and drift from the base."""
-    if "fine_tuned" in spec.evaluation.baselines:
-        score_tasks(evaluator, tasks, "fine_tuned", 0, spec, report, scores, run_dir)
-    for p in probes:
+    if "fine_tuned" in scoring.spec.evaluation.baselines:
+        score_tasks(evaluator, "fine_tuned", 0, scoring)
+    for p in scoring.probes:
         if p.probe.kind == "drift":
-            scores.drift[p.probe.name] = drift(base, evaluator, p)
+            scoring.drift[p.probe.name] = drift(base, evaluator, p)
         else:
-            scores.probes_after[p.probe.name] = run_probe(evaluator, p)
+            scoring.probes_after[p.probe.name] = run_probe(evaluator, p)
 
 
 def base_evaluator(tuned: Evaluator, base_copy: torch.nn.Module | None) -> Evaluator:
     """An evaluator that scores as the base model: a kept copy, or the peft model with adapters off."""
     if base_copy is not None:
-        return Evaluator(
-            base_copy.to(tuned.device),
-            tuned.encoder,
-            tuned.batch_size,
-            tuned.max_new_tokens,
-            tuned.device,
-            tuned.autocast_dtype,
-        )
-    return Evaluator(
-        tuned.model,
-        tuned.encoder,
-        tuned.batch_size,
-        tuned.max_new_tokens,
-        tuned.device,
-        tuned.autocast_dtype,
-        adapters_off=True,
-    )
+        return dataclasses.replace(tuned, model=base_copy.to(tuned.device))
+    return dataclasses.replace(tuned, adapters_off=True)
 
 
-def score_tasks(
-    evaluator: Evaluator,
-    tasks: list[TaskData],
-    rung: str,
-    shots: int,
-    spec: Spec,
-    report: dict,
-    scores: Scores,
-    run_dir: Path,
-) -> None:
+def score_tasks(evaluator: Evaluator, rung: str, shots: int, scoring: Scoring) -> None:
     """Score every task's test split with one rung; append predictions to predictions.jsonl."""
-    with open(run_dir / "predictions.jsonl", "a") as f:
-        for data in tasks:
-            metrics, records = evaluator.evaluate(data, shots=shots, seed=spec.seed)
-            entry = report["tasks"][data.task.name]
+    with open(scoring.run_dir / "predictions.jsonl", "a") as f:
+        for data in scoring.tasks:
+            metrics, records = evaluator.evaluate(data, shots=shots, seed=scoring.spec.seed)
+            entry = scoring.report["tasks"][data.task.name]
             entry.setdefault("test", {})[rung] = metrics
             for r in records:
                 f.write(json.dumps({"task": data.task.name, "rung": rung, **r}) + "\n")
@@ -333,39 +297,40 @@ def score_tasks(
                 )
             else:
                 items = reporting.ItemScores(correct)
-            scores.tasks.setdefault(data.task.name, {})[rung] = items
+            scoring.tasks_items.setdefault(data.task.name, {})[rung] = items
             if rung == "fine_tuned":
-                n = spec.evaluation.sample_predictions
+                n = scoring.spec.evaluation.sample_predictions
                 entry["samples"] = [{k: r[k] for k in ("row", "gold", "prediction", "correct")} for r in records[:n]]
 
 
-def summarize(report: dict, scores: Scores, spec: Spec) -> None:
+def summarize(scoring: Scoring) -> None:
     """Confidence intervals, deltas, forgetting entries and the one-sentence verdict."""
+    spec, report = scoring.spec, scoring.report
     samples = spec.evaluation.bootstrap_samples
-    for name, items in scores.tasks.items():
+    for name, items in scoring.tasks_items.items():
         reporting.add_uncertainty(report["tasks"][name], items, samples, spec.seed)
     forgetting = {}
-    for name, (before, items_before) in scores.probes_before.items():
-        if name not in scores.probes_after:
+    for name, (before, items_before) in scoring.probes_before.items():
+        if name not in scoring.probes_after:
             continue
-        after, items_after = scores.probes_after[name]
+        after, items_after = scoring.probes_after[name]
         kind = next(p.kind for p in spec.evaluation.forgetting if p.name == name)
         metric = HEADLINE[kind]
         forgetting[name] = reporting.forgetting_entry(
             kind, metric, HIGHER_IS_BETTER[metric], before, after, items_before, items_after, samples, spec.seed
         )
-    for name, value in scores.drift.items():
+    for name, value in scoring.drift.items():
         forgetting[name] = {
             "kind": "drift",
             "metric": "kl_per_token",
             "value": round(value["kl_per_token"], 6),
             "tokens": value["tokens"],
         }
-    if scores.probes_after or scores.drift:
+    if scoring.probes_after or scoring.drift:
         report["forgetting"] = forgetting
         report["forgetting_summary"] = reporting.forgetting_sentence(forgetting)
-    elif scores.probes_before:  # base-only evaluation: the 'before' numbers alone
-        report["probes_base"] = {name: before for name, (before, _) in scores.probes_before.items()}
+    elif scoring.probes_before:  # base-only evaluation: the 'before' numbers alone
+        report["probes_base"] = {name: before for name, (before, _) in scoring.probes_before.items()}
 
 
 def make_evaluator(model: torch.nn.Module, encoder: Encoder, spec: Spec) -> Evaluator:

@@ -163,7 +163,7 @@ def forgetting_sentence(forgetting: dict) -> str:
     worse, shifted, parts = [], [], []
     for name, e in forgetting.items():
         if e["kind"] == "drift":
-            parts.append(f"next-token drift on {name} is {e['value']:.4f} nats/token")
+            parts.append(f"next-token drift ({name}) is {e['value']:.4f} nats/token")
             if e["value"] > DRIFT_SHIFT:
                 shifted.append(name)
             continue

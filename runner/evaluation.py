@@ -88,13 +88,8 @@ class Evaluator:
         lm = causal_lm(self.model)
         decoder, head = lm.get_decoder(), lm.get_output_embeddings()
         pad = self.encoder.tokenizer.pad_token_id
-        width = max(map(len, prompts))
         # Left padding: every prompt ends in the last column, where its first candidate token is scored.
-        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, width - len(p) :] = torch.tensor(p)
-            mask[i, width - len(p) :] = 1
+        ids, mask = left_pad(prompts, pad)
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         prompt_out = decoder(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
@@ -155,14 +150,9 @@ class Evaluator:
         prompts = [p[-self.encoder.max_length :] for p in prompts]
         answers = []
         for start in range(0, len(prompts), self.batch_size):
-            chunk = prompts[start : start + self.batch_size]
-            width = max(map(len, chunk))
             # Left padding, so every row's next token follows its own prompt.
-            ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for i, p in enumerate(chunk):
-                ids[i, width - len(p) :] = torch.tensor(p)
-                mask[i, width - len(p) :] = 1
+            ids, mask = left_pad(prompts[start : start + self.batch_size], tokenizer.pad_token_id)
+            width = ids.shape[1]
             with self._inference():
                 out = self.model.generate(
                     input_ids=ids.to(self.device),
@@ -238,6 +228,17 @@ class Evaluator:
             ]
         metrics["prompt_tokens_mean"] = round(prompt_tokens, 1)
         return metrics, records
+
+
+def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask with every row ending in the last column."""
+    width = max(map(len, prompts))
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :] = torch.tensor(p)
+        mask[i, width - len(p) :] = 1
+    return ids, mask
 
 
 def _cache_kwarg(decoder: torch.nn.Module) -> str:

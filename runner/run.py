@@ -97,18 +97,31 @@ def _worker_flow(spec: Spec, run_dir: Path, resume_from: Path | None) -> None:
 
     quiet_libraries()
     L.seed_everything(spec.seed, verbose=False)
-    tasks = prepare_data(spec)
-    model, tokenizer = load_model(spec.model.source, spec.seed)
-    encoder = Encoder(tokenizer, spec.model.max_length, spec.model.chat_template)
+    tasks, _, model, _, encoder = load_inputs(spec, with_probes=False)
     datamodule = FineTuneData(tasks, encoder, spec.training.batch_size, spec.training.num_workers, spec.seed)
-    module = FineTuner(
-        apply_method(model, spec.method),
-        spec.training,
-        [t.task.name for t in tasks],
-        save_frozen=spec.method.kind == "full",
-    )
-    module.train()
-    fit(module, datamodule, spec, run_dir, resume_from)
+    fit(trainable_module(apply_method(model, spec.method), spec, tasks), datamodule, spec, run_dir, resume_from)
+
+
+def load_inputs(
+    spec: Spec, with_probes: bool = True
+) -> tuple[list[TaskData], list[ProbeData], torch.nn.Module, object, Encoder]:
+    """Task data and probe data (bad rows stop here, before any model loads), then the model."""
+    tasks = prepare_data(spec)
+    probes = [load_probe(p) for p in spec.evaluation.forgetting] if with_probes else []
+    model, tokenizer = load_model(spec.model.source, spec.seed)
+    return tasks, probes, model, tokenizer, Encoder(tokenizer, spec.model.max_length, spec.model.chat_template)
+
+
+def trainable_module(model: torch.nn.Module, spec: Spec, tasks: list[TaskData]) -> FineTuner:
+    module = FineTuner(model, spec.training, [t.task.name for t in tasks], save_frozen=spec.method.kind == "full")
+    module.train()  # from_pretrained returns eval mode, and Lightning keeps the modes it finds
+    return module
+
+
+def needs_base_copy(spec: Spec) -> bool:
+    """Drift compares next-token distributions of base and tuned model: LoRA can switch its
+    adapters off; full fine-tuning needs a copy of the base weights."""
+    return spec.method.kind == "full" and any(p.kind == "drift" for p in spec.evaluation.forgetting)
 
 
 def eval_experiment(spec: Spec, checkpoint: Path | None, output_dir: Path | None = None) -> Path:
@@ -139,10 +152,7 @@ def _train_flow(spec: Spec, run_dir: Path, report: dict, resume_from: Path | Non
     import lightning as L
 
     L.seed_everything(spec.seed, verbose=False)
-    tasks = prepare_data(spec)  # bad rows stop the run here, before any model loads
-    probes = [load_probe(p) for p in spec.evaluation.forgetting]
-    model, tokenizer = load_model(spec.model.source, spec.seed)
-    encoder = Encoder(tokenizer, spec.model.max_length, spec.model.chat_template)
+    tasks, probes, model, tokenizer, encoder = load_inputs(spec)
     datamodule = FineTuneData(tasks, encoder, spec.training.batch_size, spec.training.num_workers, spec.seed)
     describe_data(report, tasks, encoder, spec)
     (run_dir / "predictions.jsonl").unlink(missing_ok=True)  # a resumed run scores everything again
@@ -153,14 +163,10 @@ def _train_flow(spec: Spec, run_dir: Path, report: dict, resume_from: Path | Non
         score_base(evaluator, scoring)
     reporting.write_json(run_dir / "report.json", report)
 
-    # Drift compares next-token distributions of base and tuned model: LoRA can switch its
-    # adapters off; full fine-tuning needs a copy of the base weights.
-    needs_base_copy = spec.method.kind == "full" and any(p.probe.kind == "drift" for p in probes)
-    base_copy = copy.deepcopy(model) if needs_base_copy else None
+    base_copy = copy.deepcopy(model) if needs_base_copy(spec) else None
     model = apply_method(model, spec.method)
     trainable, total = count_parameters(model)
-    module = FineTuner(model, spec.training, [t.task.name for t in tasks], save_frozen=spec.method.kind == "full")
-    module.train()  # from_pretrained returns eval mode, and Lightning keeps the modes it finds
+    module = trainable_module(model, spec, tasks)
     result, trainer = fit(module, datamodule, spec, run_dir, resume_from)
     if not trainer.is_global_zero:
         return  # evaluation and the report are rank 0's
@@ -200,17 +206,14 @@ def _eval_flow(spec: Spec, run_dir: Path, report: dict, checkpoint: Path | None)
     from lightning.pytorch.loggers import TensorBoardLogger
 
     torch.manual_seed(spec.seed)
-    tasks = prepare_data(spec)
-    probes = [load_probe(p) for p in spec.evaluation.forgetting]
-    model, tokenizer = load_model(spec.model.source, spec.seed)
-    encoder = Encoder(tokenizer, spec.model.max_length, spec.model.chat_template)
+    tasks, probes, model, _, encoder = load_inputs(spec)
     describe_data(report, tasks, encoder, spec)
     scoring = Scoring(spec, tasks, probes, report, run_dir)
     evaluator = make_evaluator(model, encoder, spec)
     score_base(evaluator, scoring)
     if checkpoint is not None:
         report["checkpoint"] = str(checkpoint)
-        base_copy = copy.deepcopy(model) if spec.method.kind == "full" else None
+        base_copy = copy.deepcopy(model) if needs_base_copy(spec) else None
         tuned = load_checkpoint_model(model, spec, checkpoint)
         evaluator.model = tuned.to(evaluator.device)
         score_tuned(evaluator, base_evaluator(evaluator, base_copy), scoring)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from runner.errors import DataError
-from runner.spec import DataSource, Spec, TaskSpec
+from runner.spec import DataSource, Spec, SplitFiles, TaskSpec
 
 SEPARATOR = "|||"
 IGNORE_INDEX = -100
@@ -29,24 +29,30 @@ MAX_PROBLEMS_SHOWN = 20
 
 @dataclass(frozen=True)
 class Example:
-    """One templated row: `row` is its 1-based number in the source, for error messages."""
+    """One templated row. `row` is its 1-based number in its source file (also after
+    sampling); `fields` is the row itself, kept so that truncation can re-render it."""
 
     task: str
     row: int
     prompt: str
     completion: str
     label: int | None = None
+    id: str | None = None
+    fields: dict = field(default_factory=dict, compare=False, repr=False)
+    truncated: bool = False
 
 
 @dataclass
 class TaskData:
-    """A task's examples, split into train/val/test."""
+    """A task's examples, split into train/val/test, and where each split's rows came from."""
 
     task: TaskSpec
     train: list[Example]
     val: list[Example]
     test: list[Example]
     rows_read: int = 0
+    files: dict[str, str] = field(default_factory=dict)  # split -> the file its row numbers refer to
+    label_eos: bool = False  # labels end with the end token (set when one label's tokens begin another's)
 
     def splits(self) -> dict[str, list[Example]]:
         return {"train": self.train, "val": self.val, "test": self.test}
@@ -59,6 +65,9 @@ class TaskData:
             name: {label: sum(e.label == i for e in rows) for i, label in enumerate(self.task.labels)}
             for name, rows in self.splits().items()
         }
+
+    def truncated_counts(self) -> dict[str, int]:
+        return {name: sum(e.truncated for e in rows) for name, rows in self.splits().items()}
 
 
 # --- reading ---------------------------------------------------------------------------
@@ -73,8 +82,9 @@ def read_rows(source: DataSource) -> list[dict]:
     where = source.describe()
     try:
         if source.path is not None:
-            builder = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}[source.format]
-            ds = datasets.load_dataset(builder, data_files=str(source.path), split="train")
+            builder = {"jsonl": "json", "json": "json", "csv": "csv", "tsv": "csv", "parquet": "parquet"}[source.format]
+            options = {"delimiter": "\t"} if source.format == "tsv" else {}
+            ds = datasets.load_dataset(builder, data_files=str(source.path), split="train", **options)
         else:
             ds = datasets.load_dataset(source.hub, source.config, split=source.split)
     except Exception as exc:  # datasets/pyarrow raise many types for unreadable files
@@ -141,86 +151,247 @@ def render_example(template: jinja2.Template, row: dict) -> tuple[str, str]:
     return prompt, completion
 
 
-def build_examples(task: TaskSpec, rows: list[dict]) -> list[Example]:
-    """Template every row; collect every bad row and raise once, naming file, row and reason."""
+def build_examples(task: TaskSpec, rows: list[tuple[int, dict]], where: str | None = None) -> list[Example]:
+    """Template every (row number, row); collect every bad row and raise once, naming file, row and reason."""
     template = load_template(task.template)
     examples, problems = [], []
     labels = {label: i for i, label in enumerate(task.labels or ())}
-    for number, row in enumerate(rows, 1):
+    for number, row in rows:
         try:
             prompt, completion = render_example(template, row)
         except ValueError as exc:
             problems.append(f"row {number}: {exc}")
             continue
+        if task.label_map is not None:
+            completion = task.label_map.get(completion, completion)
         label = None
         if task.is_classification:
             if completion not in labels:
+                fix = "add it to tasks[].label_map" if task.label_map is not None else "add the label to tasks[].labels"
                 problems.append(
                     f"row {number}: completion {completion!r} is not one of the task's labels "
-                    f"({', '.join(task.labels)}); fix the row or add the label to tasks[].labels."
+                    f"({', '.join(task.labels)}); fix the row or {fix}."
                 )
                 continue
             label = labels[completion]
-        examples.append(Example(task.name, number, prompt, completion, label))
+        row_id = None
+        if task.id_field is not None:
+            if row.get(task.id_field) is None:
+                problems.append(f"row {number}: no {task.id_field!r} field (tasks[].id_field); every row needs one.")
+                continue
+            row_id = str(row[task.id_field])
+        examples.append(Example(task.name, number, prompt, completion, label, row_id, row))
     if problems:
         shown = problems[:MAX_PROBLEMS_SHOWN]
         if len(problems) > len(shown):
             shown.append(f"... and {len(problems) - len(shown)} more bad rows.")
-        raise DataError(f"{task.data.describe()} (task {task.name!r}, template {task.template.name})", shown)
+        raise DataError(f"{where or task.data.describe()} (task {task.name!r}, template {task.template.name})", shown)
     return examples
 
 
 # --- splitting ---------------------------------------------------------------------------
+# A data source (a file, a hub split, or a set of split files) is read, sampled and split once;
+# every task that reads it gets the same rows in the same split, so no task trains on another
+# task's test rows.
 
 
 def split_indices(
-    n: int, fractions: tuple[float, float, float], seed: int, strata: list[int] | None = None
+    n: int,
+    fractions: tuple[float, float, float],
+    seed: int,
+    strata: list | None = None,
+    groups: list | None = None,
 ) -> tuple[list[int], list[int], list[int]]:
-    """Seeded train/val/test index lists; stratified by `strata` when given.
+    """Seeded train/val/test index lists; stratified by `strata`, and keeping rows that share a
+    `groups` value together, when given.
 
-    Each stratum is shuffled with its own seeded generator and cut by the fractions, so the
-    same seed and data give the same split on every machine.
+    Each stratum's units (rows, or groups of rows) are shuffled with their own seeded generator
+    and cut by the fractions, so the same seed and data give the same split on every machine.
     """
-    groups: dict[int, list[int]] = defaultdict(list)
-    for i in range(n):
-        groups[strata[i] if strata is not None else 0].append(i)
+    if groups is None:
+        units = [[i] for i in range(n)]
+    else:
+        together: dict = {}
+        for i in range(n):
+            together.setdefault(groups[i], []).append(i)
+        units = list(together.values())
+    buckets: dict = defaultdict(list)
+    for u, members in enumerate(units):
+        buckets[strata[members[0]] if strata is not None else 0].append(u)
     train, val, test = [], [], []
     _, val_share, test_share = fractions
-    for key in sorted(groups):
-        members = groups[key]
+    for key in sorted(buckets):
+        members = buckets[key]
         random.Random(f"{seed}:{key}").shuffle(members)
         n_test = round(len(members) * test_share)
         n_val = round(len(members) * val_share)
-        test += members[:n_test]
-        val += members[n_test : n_test + n_val]
-        train += members[n_test + n_val :]
+        test += [i for u in members[:n_test] for i in units[u]]
+        val += [i for u in members[n_test : n_test + n_val] for i in units[u]]
+        train += [i for u in members[n_test + n_val :] for i in units[u]]
     return sorted(train), sorted(val), sorted(test)
 
 
-def prepare_task(task: TaskSpec, seed: int) -> TaskData:
-    """Read, template, validate and split one task's data."""
-    rows = read_rows(task.data)
-    if task.max_rows is not None:
-        rows = rows[: task.max_rows]
-    examples = build_examples(task, rows)
-    strata = [e.label for e in examples] if task.is_classification else None
-    fractions = (task.split.train, task.split.val, task.split.test)
-    train, val, test = split_indices(len(examples), fractions, seed, strata)
-    empty = [name for name, idx in (("train", train), ("val", val), ("test", test)) if not idx]
-    if empty:
-        raise DataError(
-            task.data.describe(),
-            [
-                f"task {task.name!r} has {len(examples)} rows, too few to give every split a row "
-                f"(empty: {', '.join(empty)}); add rows or change tasks[].split."
-            ],
-        )
-    pick = lambda idx: [examples[i] for i in idx]  # noqa: E731
-    return TaskData(task, pick(train), pick(val), pick(test), rows_read=len(rows))
+def sample_indices(n: int, k: int, seed: int, strata: list | None = None) -> list[int]:
+    """A seeded random sample of k of n rows, stratified (largest remainder) when strata are given;
+    not the first k rows, which in a sorted file are a biased sample."""
+    if k >= n:
+        return list(range(n))
+    buckets: dict = defaultdict(list)
+    for i in range(n):
+        buckets[strata[i] if strata is not None else 0].append(i)
+    keys = sorted(buckets)
+    exact = {key: k * len(buckets[key]) / n for key in keys}
+    take = {key: int(exact[key]) for key in keys}
+    for key in sorted(keys, key=lambda key: exact[key] - take[key], reverse=True)[: k - sum(take.values())]:
+        take[key] += 1
+    picked = []
+    for key in keys:
+        members = list(buckets[key])
+        random.Random(f"{seed}:sample:{key}").shuffle(members)
+        picked += members[: take[key]]
+    return sorted(picked)
 
 
 def prepare_data(spec: Spec) -> list[TaskData]:
-    return [prepare_task(task, spec.seed) for task in spec.tasks]
+    """Every task's data, read, templated, sampled and split once per source."""
+    readers: dict[tuple, list[TaskSpec]] = defaultdict(list)
+    for task in spec.tasks:
+        readers[task.data.key()].append(task)
+    prepared = {}
+    for tasks in readers.values():
+        for data in prepare_source(tasks, spec.seed):
+            prepared[data.task.name] = data
+    return [prepared[task.name] for task in spec.tasks]
+
+
+def prepare_task(task: TaskSpec, seed: int) -> TaskData:
+    """One task alone (its source not shared)."""
+    return prepare_source([task], seed)[0]
+
+
+def prepare_source(tasks: list[TaskSpec], seed: int) -> list[TaskData]:
+    """Read one source, template it for every task reading it, sample and split it once."""
+    first = tasks[0]
+    data = first.data
+    files = (
+        {name: source for name, source in (("train", data.train), ("val", data.val), ("test", data.test)) if source}
+        if isinstance(data, SplitFiles)
+        else {"all": data}
+    )
+    chosen: dict[str, dict[str, list[int]]] = {}  # part -> split -> row indices of that part
+    examples: dict[str, dict[str, list[Example]]] = {}  # part -> task -> examples (aligned with rows)
+    rows_read = 0
+    for part, source in files.items():
+        rows = read_rows(source)
+        rows_read += len(rows)
+        numbered = list(enumerate(rows, 1))
+        examples[part] = {t.name: build_examples(t, numbered, source.describe()) for t in tasks}
+        strata = _strata(tasks, data.stratify_by, rows, examples[part], source)
+        groups = _groups(data.group_by, rows, source)
+        keep = list(range(len(rows)))
+        if first.max_rows is not None:
+            keep = sample_indices(len(rows), first.max_rows, seed, strata)
+        fractions = _fractions(first, part, has_val_file="val" in files)
+        if fractions is None:  # a split file used whole
+            chosen[part] = {part: keep}
+            continue
+        kept_strata = [strata[i] for i in keep] if strata is not None else None
+        kept_groups = [groups[i] for i in keep] if groups is not None else None
+        train, val, test = split_indices(len(keep), fractions, seed, kept_strata, kept_groups)
+        chosen[part] = {
+            name: [keep[i] for i in idx]
+            for name, idx in (("train", train), ("val", val), ("test", test))
+            if idx or part == "all"
+        }
+    out = []
+    for task in tasks:
+        splits = {"train": [], "val": [], "test": []}
+        origin = {}
+        for part, by_split in chosen.items():
+            for name, idx in by_split.items():
+                splits[name] += [examples[part][task.name][i] for i in idx]
+                origin[name] = files[part].describe()
+        empty = [name for name, rows in splits.items() if not rows]
+        if empty:
+            raise DataError(
+                data.describe(),
+                [
+                    f"task {task.name!r} has {rows_read} rows, too few to give every split a row "
+                    f"(empty: {', '.join(empty)}); add rows or change tasks[].split."
+                ],
+            )
+        out.append(TaskData(task, splits["train"], splits["val"], splits["test"], rows_read=rows_read, files=origin))
+    return out
+
+
+def _fractions(task: TaskSpec, part: str, has_val_file: bool) -> tuple[float, float, float] | None:
+    """Shares for one part of a source: the task's split for a single source; for split files,
+    val carved from the train file by val / (train + val), other files used whole."""
+    split = task.split
+    if part == "all":
+        return (split.train, split.val, split.test)
+    if part == "train" and not has_val_file:
+        return (split.train / (split.train + split.val), split.val / (split.train + split.val), 0.0)
+    return None
+
+
+def _strata(
+    tasks: list[TaskSpec], field_name: str | None, rows: list[dict], examples: dict[str, list[Example]], source
+) -> list | None:
+    """What the split is stratified by: the source's stratify_by field, else the label of the
+    one classification task reading the source, else nothing."""
+    if field_name is not None:
+        missing = [i + 1 for i, row in enumerate(rows) if row.get(field_name) is None]
+        if missing:
+            raise DataError(
+                source.describe(),
+                [f"rows {_rows_text(missing)} have no {field_name!r} field to stratify by (data.stratify_by)."],
+            )
+        return [str(row[field_name]) for row in rows]
+    classifiers = [t for t in tasks if t.is_classification]
+    if len(classifiers) == 1:
+        return [e.label for e in examples[classifiers[0].name]]
+    return None
+
+
+def _groups(field_name: str | None, rows: list[dict], source) -> list | None:
+    if field_name is None:
+        return None
+    missing = [i + 1 for i, row in enumerate(rows) if row.get(field_name) is None]
+    if missing:
+        raise DataError(
+            source.describe(), [f"rows {_rows_text(missing)} have no {field_name!r} field to group by (data.group_by)."]
+        )
+    return [str(row[field_name]) for row in rows]
+
+
+def _rows_text(numbers: list[int], shown: int = 10) -> str:
+    text = ", ".join(map(str, numbers[:shown]))
+    return text + (f" and {len(numbers) - shown} more" if len(numbers) > shown else "")
+
+
+def splits_record(tasks: list[TaskData], seed: int) -> dict:
+    """splits.json: per task, where its rows came from and the 1-based row numbers of each split
+    (numbers of the source file, also after sampling; with split files, of that split's file)."""
+    return {
+        "seed": seed,
+        "tasks": {
+            t.task.name: {
+                "source": t.task.data.describe(),
+                "files": t.files,
+                "stratify_by": t.task.data.stratify_by,
+                "group_by": t.task.data.group_by,
+                "max_rows": t.task.max_rows,
+                **{name: [e.row for e in rows] for name, rows in t.splits().items()},
+                **(
+                    {"ids": {name: [e.id for e in rows] for name, rows in t.splits().items()}}
+                    if t.task.id_field
+                    else {}
+                ),
+            }
+            for t in tasks
+        },
+    }
 
 
 # --- tokenising --------------------------------------------------------------------------
@@ -232,14 +403,16 @@ class Encoder:
 
     Prompt and completion are tokenised separately and concatenated, so the boundary is exact
     and training and scoring see the same completion tokens. Classification completions carry
-    no end-of-sequence token (they are scored, not generated); free-text completions end with
-    one, so that generation learns to stop.
+    no end-of-sequence token (they are scored, not generated) unless one label's tokens begin
+    another's; free-text completions end with one, so that generation learns to stop.
+    Examples arrive fitted to max_length (runner.truncation); `join` still cuts what does not
+    fit (policy `left`), the start of the prompt first, and counts it in `cuts`.
     """
 
     tokenizer: object
     max_length: int
     chat_template: bool
-    truncated: Counter = field(default_factory=Counter)
+    cuts: int = 0
 
     def __post_init__(self) -> None:
         self.use_chat = self.chat_template and bool(getattr(self.tokenizer, "chat_template", None))
@@ -271,15 +444,17 @@ class Encoder:
     def encode(self, example: Example, add_eos: bool) -> dict:
         prompt = self.prompt_ids(example.prompt)
         completion = self.completion_ids(example.completion, add_eos)
-        return self.join(prompt, completion, example.task)
+        return self.join(prompt, completion, add_eos)
 
-    def join(self, prompt: list[int], completion: list[int], task: str | None = None) -> dict:
-        """Concatenate, cutting the start of the prompt (then the end of the completion) to fit."""
+    def join(self, prompt: list[int], completion: list[int], add_eos: bool = False) -> dict:
+        """Concatenate; what still does not fit loses the start of the prompt, and a completion
+        longer than max_length its end (keeping its end token, so generation learns to stop)."""
         overflow = len(prompt) + len(completion) - self.max_length
         if overflow > 0:
-            if task is not None:
-                self.truncated[task] += 1
-            completion = completion[: self.max_length - 1]
+            self.cuts += 1
+            if len(completion) > self.max_length - 1:
+                end = completion[-1:] if add_eos else []
+                completion = completion[: self.max_length - 1 - len(end)] + end
             prompt = prompt[max(0, len(prompt) - (self.max_length - len(completion))) :]
         return {
             "input_ids": prompt + completion,
@@ -326,7 +501,7 @@ class FineTuneData(L.LightningDataModule):
         self.collator = Collator(encoder.tokenizer.pad_token_id)
         self.train_sets, self.val_sets = [], []
         for index, t in enumerate(tasks):
-            add_eos = not t.task.is_classification
+            add_eos = t.label_eos or not t.task.is_classification
             self.train_sets.append([{**encoder.encode(e, add_eos), "task_index": index} for e in t.train])
             self.val_sets.append([{**encoder.encode(e, add_eos), "task_index": index} for e in t.val])
         self.weights = [t.task.weight for t in tasks]

@@ -37,3 +37,20 @@ class DataError(ProblemsError):
     """Task data cannot be read or a row cannot become a training example."""
 
     what = "data set"
+
+
+class Interrupted(BaseException):
+    """SIGINT (Ctrl-C) or SIGTERM (a scheduler, `docker stop`) arrived: the run stops, its report
+    says `interrupted`, and the process exits 128 + the signal number (130, 143).
+
+    A BaseException, like KeyboardInterrupt, so that no `except Exception` swallows it; but not
+    a KeyboardInterrupt, which Lightning's fit turns into an exit with code 1.
+    """
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+        self.exit_code = 128 + signum
+        super().__init__(self.name)

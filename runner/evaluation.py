@@ -10,6 +10,7 @@ import contextlib
 import inspect
 import random
 import re
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +26,7 @@ from torchmetrics.functional.classification import (
 from runner.data import Collator, Encoder, Example, TaskData
 from runner.model import causal_lm
 from runner.training import completion_logprobs
+from runner.truncation import Fitter
 
 TEXT_WINDOWS = 2  # windows per forward pass for perplexity and drift
 
@@ -40,6 +42,7 @@ class Evaluator:
     device: torch.device
     autocast_dtype: torch.dtype | None = None
     adapters_off: bool = False  # score a peft model as its base model, adapters disabled
+    fitter: Fitter | None = None  # shortens few-shot examples to fit max_length
 
     @contextlib.contextmanager
     def _inference(self):
@@ -79,9 +82,10 @@ class Evaluator:
                     out[i] = s
         return out
 
-    def label_scores(self, prompts: list[list[int]], labels: tuple[str, ...]) -> torch.Tensor:
-        """[n_prompts, n_labels] summed log-likelihood of each label as the completion."""
-        label_ids = [self.encoder.completion_ids(label, add_eos=False) for label in labels]
+    def label_scores(self, prompts: list[list[int]], labels: tuple[str, ...], add_eos: bool = False) -> torch.Tensor:
+        """[n_prompts, n_labels] summed log-likelihood of each label as the completion (with the
+        end token after it when one label's tokens begin another's)."""
+        label_ids = [self.encoder.completion_ids(label, add_eos=add_eos) for label in labels]
         return torch.stack(self.candidate_scores(prompts, [label_ids] * len(prompts)))
 
     def _score_continuations(self, prompts: list[list[int]], candidates: list[list[list[int]]]) -> list[torch.Tensor]:
@@ -198,20 +202,38 @@ class Evaluator:
     # --- a task's test split ---------------------------------------------------------------
 
     def evaluate(self, data: TaskData, shots: int = 0, seed: int = 0) -> tuple[dict, list[dict]]:
-        """Metrics on the task's test split (with `shots` solved train examples in each prompt)."""
+        """Metrics on the task's test split (with `shots` solved train examples in each prompt).
+
+        Prompts are measured as the model sees them: few-shot shots are shortened or dropped to
+        fit max_length (the effective k is reported), and anything still too long is cut from
+        the left and counted.
+        """
         task, examples = data.task, data.test
-        prompts = [self.encoder.prompt_ids(e.prompt, few_shot_examples(data.train, e, shots, seed)) for e in examples]
-        prompt_tokens = sum(map(len, prompts)) / len(prompts)
+        add_eos = data.label_eos or not task.is_classification
         if task.is_classification:
-            scores = self.label_scores(prompts, task.labels)
+            room = max(len(self.encoder.completion_ids(label, add_eos)) for label in task.labels)
+        else:
+            room = min(self.max_new_tokens, self.encoder.max_length // 2)
+        prompts, shots_used = [], []
+        for e in examples:
+            drawn = few_shot_examples(data.train, e, shots, seed)
+            if drawn and self.fitter is not None:
+                used, ids = self.fitter.fit_shots(data, e, drawn, room)
+            else:
+                used, ids = drawn, self.encoder.prompt_ids(e.prompt, drawn)
+            prompts.append(ids)
+            shots_used.append(len(used))
+        budget = self.encoder.max_length - room
+        cut = [len(p) > budget for p in prompts]
+        prompts = [p[-budget:] for p in prompts]
+        if task.is_classification:
+            scores = self.label_scores(prompts, task.labels, add_eos=data.label_eos)
             preds = scores.argmax(dim=1)
             gold = torch.tensor([e.label for e in examples])
             metrics = classification_metrics(preds, gold, task.labels)
             records = [
                 {
-                    "row": e.row,
-                    "prompt": e.prompt,
-                    "gold": e.completion,
+                    **_identity(e),
                     "prediction": task.labels[int(p)],
                     "correct": bool(p == e.label),
                     "label_logprobs": {label: round(float(s), 4) for label, s in zip(task.labels, row_scores)},
@@ -222,12 +244,33 @@ class Evaluator:
             answers = self.generate(prompts)
             hits = [normalize_answer(a) == normalize_answer(e.completion) for a, e in zip(answers, examples)]
             metrics = {"exact_match": sum(hits) / len(hits), "n": len(hits)}
-            records = [
-                {"row": e.row, "prompt": e.prompt, "gold": e.completion, "prediction": a, "correct": h}
-                for e, a, h in zip(examples, answers, hits)
-            ]
-        metrics["prompt_tokens_mean"] = round(prompt_tokens, 1)
+            records = [{**_identity(e), "prediction": a, "correct": h} for e, a, h in zip(examples, answers, hits)]
+        metrics["prompt_tokens_mean"] = round(sum(map(len, prompts)) / len(prompts), 1)
+        metrics["prompts_truncated"] = sum(e.truncated or c for e, c in zip(examples, cut))
+        if shots:
+            metrics["few_shot_k"] = round(sum(shots_used) / len(shots_used), 2)
         return metrics, records
+
+
+def majority_baseline(data: TaskData) -> tuple[dict, list[dict]]:
+    """The most frequent train completion for every test row: the score to beat without a model."""
+    answer = Counter(e.completion for e in data.train).most_common(1)[0][0]  # ties: the first seen
+    examples = data.test
+    if data.task.is_classification:
+        labels = data.task.labels
+        preds = torch.full((len(examples),), labels.index(answer))
+        metrics = classification_metrics(preds, torch.tensor([e.label for e in examples]), labels)
+    else:
+        hits = [normalize_answer(answer) == normalize_answer(e.completion) for e in examples]
+        metrics = {"exact_match": sum(hits) / len(hits), "n": len(hits)}
+    records = [{**_identity(e), "prediction": answer, "correct": e.completion == answer} for e in examples]
+    metrics.update(prompt_tokens_mean=0.0, prompts_truncated=0, answer=answer)
+    return metrics, records
+
+
+def _identity(e: Example) -> dict:
+    """What names a test row in predictions: its row number, id (tasks[].id_field), prompt and gold."""
+    return {"row": e.row, **({"id": e.id} if e.id is not None else {}), "prompt": e.prompt, "gold": e.completion}
 
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

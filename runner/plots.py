@@ -12,8 +12,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-RUNG_COLORS = {"base_zero_shot": "#9aa5b1", "base_few_shot": "#5b8def", "fine_tuned": "#2f9e44"}
-RUNG_TITLES = {"base_zero_shot": "base, zero-shot", "base_few_shot": "base, few-shot", "fine_tuned": "fine-tuned"}
+RUNG_COLORS = {"majority": "#d9d9d9", "base_zero_shot": "#9aa5b1", "base_few_shot": "#5b8def", "fine_tuned": "#2f9e44"}
+RUNG_TITLES = {
+    "majority": "majority",
+    "base_zero_shot": "base, zero-shot",
+    "base_few_shot": "base, few-shot",
+    "fine_tuned": "fine-tuned",
+}
 
 
 def training_curves(epochs: list[dict], best_epoch: int | None) -> Figure:

@@ -1,18 +1,27 @@
 """The report: `report.json` (a documented contract), `report.md`, `report.html`, TensorBoard, terminal.
 
-report.json, schema_version 2:
+report.json, schema_version 3:
   status            "complete" | "failed" | "interrupted" (+ "error")
   name, description, run_dir, spec_path, started_at, finished_at, mode ("train" | "eval"), notes
-  model             {source, method, chat_template}
+  model             {source, weights (what the weights really are: for the default, the Q4_1
+                    GGUF de-quantised by runner), file, sha256, package, method, chat_template,
+                    max_length, truncation}
   tasks.<name>
     kind            "classification" | "generation"
     labels          list (classification)
-    data            {source, rows, train, val, test, label_counts, truncated}
-    test.<rung>     rung: base_zero_shot (untouched model, task prompt), base_few_shot (untouched
-                    model, k solved train examples first), fine_tuned (best checkpoint, task prompt);
+    data            {source, files {split: file its row numbers refer to}, rows, train, val, test,
+                    label_counts, truncated {split: rows shortened to fit max_length},
+                    label_end_token (labels scored with the end token: one is a prefix of another),
+                    checks [{check, severity fail|warn|info, tasks, message, rows}]}
+    test.<rung>     rung: majority (most frequent train label, no model), base_zero_shot
+                    (untouched model, task prompt), base_few_shot (untouched model, k solved train
+                    examples first), fine_tuned (best checkpoint, task prompt);
                     classification {accuracy, f1_macro, n, per_class, confusion_matrix},
-                    generation {exact_match, n}; every rung: prompt_tokens_mean, and
-                    ci95 {metric: [low, high]} (seeded bootstrap over test rows)
+                    generation {exact_match, n}; every rung: prompt_tokens_mean (after any
+                    shortening: what the model saw), prompts_truncated, and
+                    ci95 {metric: [low, high]} (seeded bootstrap over test rows); base_few_shot:
+                    few_shot_k (shots per prompt on average, after dropping what did not fit);
+                    majority: answer
     deltas          {"fine_tuned - base_zero_shot": {metric: {delta, ci95, excludes_zero}}, ...}
                     (paired bootstrap: both rungs on the same resampled rows)
     samples         a few fine-tuned predictions {row, gold, prediction, correct}
@@ -33,6 +42,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import resource
 import sys
 from dataclasses import dataclass
@@ -42,14 +52,15 @@ import torch
 
 from runner import stats
 
-SCHEMA_VERSION = 2
-RUNGS = ("base_zero_shot", "base_few_shot", "fine_tuned")
+SCHEMA_VERSION = 3
+RUNGS = ("majority", "base_zero_shot", "base_few_shot", "fine_tuned")
 RUNG_TITLES = {
+    "majority": "majority class (no model)",
     "base_zero_shot": "base model, zero-shot",
     "base_few_shot": "base model, few-shot",
     "fine_tuned": "fine-tuned",
 }
-DELTAS = (("fine_tuned", "base_zero_shot"), ("fine_tuned", "base_few_shot"))
+DELTAS = (("fine_tuned", "base_zero_shot"), ("fine_tuned", "base_few_shot"), ("fine_tuned", "majority"))
 
 
 def peak_rss_mb() -> float:
@@ -59,9 +70,22 @@ def peak_rss_mb() -> float:
 
 
 def write_json(path: Path, data: dict) -> None:
+    """Strict JSON, written atomically: NaN and infinities (a diverged loss, say) become null,
+    because `NaN` is not JSON and breaks every other tool that reads the file."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp.write_text(json.dumps(finite(data), indent=2, default=str, allow_nan=False) + "\n")
     tmp.replace(path)
+
+
+def finite(value):
+    """The value with every non-finite float replaced by None, recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
 
 
 def headline(metrics: dict) -> str:
@@ -203,10 +227,13 @@ def document(report: dict, images: dict[str, str]) -> list[tuple]:
     if report.get("description"):
         blocks.append(("p", report["description"].strip()))
     status = f"Status: {report['status']}" + (f" — {report['error']}" if report.get("error") else "")
+    model = report["model"]
+    weights = f" ({model['weights']}{', sha256 ' + model['sha256'][:16] + '…' if model.get('sha256') else ''})"
     blocks.append(
         (
             "p",
-            f"{status}. Model `{report['model']['source']}`, method `{report['model']['method']}`. Run folder `{report['run_dir']}`.",
+            f"{status}. Model `{model['source']}`{weights if model.get('weights') != model['source'] else ''}, "
+            f"method `{model['method']}`. Run folder `{report['run_dir']}`.",
         )
     )
     for note in report.get("notes", []):
@@ -239,18 +266,28 @@ def document(report: dict, images: dict[str, str]) -> list[tuple]:
     cost = report.get("cost")
     if cost:
         blocks.append(("h2", "Cost"))
-        share = 100 * cost["trainable_params"] / max(cost["total_params"], 1)
-        rows = [
-            ["train time", f"{cost['train_seconds']:.0f} s"],
-            ["throughput", f"{cost['tokens_per_second']:.0f} tokens/s over {cost['train_tokens']:,} tokens"],
-            ["trainable parameters", f"{cost['trainable_params']:,} of {cost['total_params']:,} ({share:.2f}%)"],
-            ["peak memory (RSS)", f"{cost['peak_rss_mb']:.0f} MB"],
-            ["exported model", f"{cost.get('checkpoint_mb', 0):.1f} MB"],
-            [
-                "scoring time (base / fine-tuned)",
-                f"{cost.get('score_base_seconds', 0):.0f} s / {cost.get('score_tuned_seconds', 0):.0f} s",
-            ],
-        ]
+        rows = []
+        if "train_seconds" in cost:
+            rows.append(["train time", f"{cost['train_seconds']:.0f} s"])
+            rows.append(
+                ["throughput", f"{cost['tokens_per_second']:.0f} tokens/s over {cost['train_tokens']:,} tokens"]
+            )
+        if "trainable_params" in cost:
+            share = 100 * cost["trainable_params"] / max(cost["total_params"], 1)
+            rows.append(
+                ["trainable parameters", f"{cost['trainable_params']:,} of {cost['total_params']:,} ({share:.2f}%)"]
+            )
+        if "peak_rss_mb" in cost:
+            rows.append(["peak memory (RSS)", f"{cost['peak_rss_mb']:.0f} MB"])
+        if "checkpoint_mb" in cost:
+            rows.append(["exported model", f"{cost['checkpoint_mb']:.1f} MB"])
+        if "score_base_seconds" in cost or "score_tuned_seconds" in cost:
+            rows.append(
+                [
+                    "scoring time (base / fine-tuned)",
+                    f"{_seconds(cost.get('score_base_seconds'))} / {_seconds(cost.get('score_tuned_seconds'))}",
+                ]
+            )
         blocks.append(("table", ["", ""], rows))
     return blocks
 
@@ -258,13 +295,28 @@ def document(report: dict, images: dict[str, str]) -> list[tuple]:
 def task_blocks(name: str, task: dict, images: dict[str, str]) -> list[tuple]:
     blocks: list[tuple] = [("h2", f"Task `{name}` ({task['kind']})")]
     data = task["data"]
+    truncated = data.get("truncated", {})
+    if isinstance(truncated, dict):
+        cut = ", ".join(f"{split} {n}" for split, n in truncated.items()) if any(truncated.values()) else "none"
+    else:
+        cut = str(truncated)
     blocks.append(
         (
             "p",
             f"Rows: {data['rows']} read → train {data['train']}, val {data['val']}, test {data['test']}; "
-            f"truncated to max_length: {data['truncated']}.",
+            f"shortened to fit max_length: {cut}.",
         )
     )
+    if data.get("label_end_token"):
+        blocks.append(
+            ("p", "One label's tokens begin another's, so every label is trained and scored with the end token.")
+        )
+    if data.get("checks"):
+        rows = [
+            [c["severity"], c["check"], _cell(c["message"], 120), _cell(", ".join(c["rows"][:5]), 80)]
+            for c in data["checks"]
+        ]
+        blocks.append(("table", ["severity", "data check", "finding", "rows (first)"], rows))
     if data.get("label_counts"):
         labels = task["labels"]
         rows = [[split, *(counts[label] for label in labels)] for split, counts in data["label_counts"].items()]
@@ -276,15 +328,21 @@ def task_blocks(name: str, task: dict, images: dict[str, str]) -> list[tuple]:
         for rung in RUNGS:
             if rung in tests:
                 m = tests[rung]
+                title = RUNG_TITLES[rung]
+                if m.get("few_shot_k") is not None:
+                    title += f" (k = {m['few_shot_k']:g} on average)"
+                if rung == "majority" and "answer" in m:
+                    title += f": always {m['answer']!r}"
                 rows.append(
                     [
-                        RUNG_TITLES[rung],
+                        title,
                         *(_with_ci(m, k) for k in metric_names),
                         f"{m['prompt_tokens_mean']:.0f}",
+                        m.get("prompts_truncated", "—"),
                         m["n"],
                     ]
                 )
-        blocks.append(("table", ["model", *metric_names, "prompt tokens / request", "n"], rows))
+        blocks.append(("table", ["model", *metric_names, "prompt tokens / request", "prompts shortened", "n"], rows))
         for label, delta in task.get("deltas", {}).items():
             parts = [
                 f"{m} {d['delta']:+.3f} (95% CI {d['ci95'][0]:+.3f}..{d['ci95'][1]:+.3f}, "
@@ -416,6 +474,10 @@ def _with_ci(metrics: dict, key: str) -> str:
 def _cell(text: str, width: int = 80) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _seconds(value) -> str:
+    return "—" if value is None else f"{value:.0f} s"
 
 
 def _num(value) -> str:

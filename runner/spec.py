@@ -25,7 +25,14 @@ from runner.errors import SpecError
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = PROJECT_ROOT / "schemas" / "experiment.schema.json"
 TEMPLATE_DIR = PROJECT_ROOT / "templates"
-DATA_EXTENSIONS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
+DATA_EXTENSIONS = {
+    ".jsonl": "jsonl",
+    ".json": "json",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".parquet": "parquet",
+    ".txt": "text",
+}
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
 BUILTIN_SUITES = ("general",)
 TEXT_PROBES = ("perplexity", "drift")
@@ -41,6 +48,7 @@ class ModelSpec:
     source: str
     max_length: int
     chat_template: bool
+    truncation: str = "fields"
 
 
 @dataclass(frozen=True)
@@ -50,9 +58,37 @@ class DataSource:
     hub: str | None = None
     config: str | None = None
     split: str = "train"
+    stratify_by: str | None = None
+    group_by: str | None = None
 
     def describe(self) -> str:
-        return str(self.path) if self.path is not None else f"hub:{self.hub}"
+        if self.path is not None:
+            return str(self.path)
+        return f"hub:{self.hub}" + (f"/{self.config}" if self.config else "") + f"[{self.split}]"
+
+    def key(self) -> tuple:
+        """What makes two tasks read the same rows (and so share one split)."""
+        return ("file", str(self.path)) if self.path is not None else ("hub", self.hub, self.config, self.split)
+
+
+@dataclass(frozen=True)
+class SplitFiles:
+    """Data that ships its own splits: a train file, a test file and optionally a val file."""
+
+    train: DataSource
+    test: DataSource
+    val: DataSource | None = None
+    stratify_by: str | None = None
+    group_by: str | None = None
+
+    def describe(self) -> str:
+        parts = [f"train={self.train.describe()}"]
+        if self.val is not None:
+            parts.append(f"val={self.val.describe()}")
+        return ", ".join([*parts, f"test={self.test.describe()}"])
+
+    def key(self) -> tuple:
+        return ("split_files", self.train.key(), self.val.key() if self.val else None, self.test.key())
 
 
 @dataclass(frozen=True)
@@ -65,10 +101,12 @@ class SplitSpec:
 @dataclass(frozen=True)
 class TaskSpec:
     name: str
-    data: DataSource
+    data: DataSource | SplitFiles
     template: Path
     split: SplitSpec
     labels: tuple[str, ...] | None = None
+    label_map: dict[str, str] | None = None
+    id_field: str | None = None
     weight: float | None = None
     max_rows: int | None = None
 
@@ -137,6 +175,25 @@ class EvaluationSpec:
 
 
 @dataclass(frozen=True)
+class DataChecksSpec:
+    on_issue: str
+    duplicates: str
+    near_duplicates: str
+    leaks: str
+    conflicts: str
+    imbalance: str
+    truncation: str
+    short_completions: str
+    imbalance_ratio: float
+    truncation_share: float
+
+    def severity(self, check: str) -> str:
+        """'off', 'warn' or 'fail' for a check, after on_issue."""
+        own = getattr(self, check)
+        return own if own == "off" or self.on_issue == "default" else self.on_issue
+
+
+@dataclass(frozen=True)
 class TrainerSpec:
     accelerator: str
     devices: int | str | tuple[int, ...]
@@ -154,6 +211,7 @@ class Spec:
     output_dir: Path
     model: ModelSpec
     tasks: tuple[TaskSpec, ...]
+    data_checks: DataChecksSpec
     method: MethodSpec
     training: TrainingSpec
     evaluation: EvaluationSpec
@@ -319,12 +377,40 @@ def _describe_alternatives(err: jsonschema.ValidationError, where: str, got: str
             return f"{where}: got both 'path' and 'hub', expected exactly one of them."
         if not has:
             return f"{where}: got neither 'path' nor 'hub', expected one: a local file or a Hugging Face dataset id."
+    # An object that fits no object branch (task data: a data_source or split_files): report
+    # the problems of the branch whose keys it shares most.
+    if isinstance(err.instance, dict):
+        branches = {}
+        for e in err.context:
+            branches.setdefault(e.relative_schema_path[0], []).append(e)
+        objects = {
+            i: errs
+            for i, errs in branches.items()
+            if not any(list(e.relative_schema_path) == [i, "type"] for e in errs)
+            and _branch_schema(err.validator_value[i]).get("type") == "object"
+        }
+        if objects:
+            keys = set(err.instance)
+            best = max(
+                objects, key=lambda i: len(keys & set(_branch_schema(err.validator_value[i]).get("properties", {})))
+            )
+            shallow = [e for e in objects[best] if len(e.relative_schema_path) <= 3 or e.validator == "oneOf"]
+            return "\n  ".join(dict.fromkeys(_describe(e) for e in (shallow or objects[best])))
     # Otherwise report the branch whose type matches the value, if exactly one does.
-    same_type = [e for e in err.context if e.validator != "type" and len(e.relative_schema_path) <= 2]
+    wrong_type = {e.relative_schema_path[0] for e in err.context if list(e.relative_schema_path)[1:] == ["type"]}
+    same_type = [
+        e
+        for e in err.context
+        if e.validator != "type" and len(e.relative_schema_path) <= 2 and e.relative_schema_path[0] not in wrong_type
+    ]
     if len(same_type) == 1:
         return _describe(same_type[0])
     shapes = [_branch_words(branch) for branch in err.validator_value]
     return f"{where}: got {got}, expected {' or '.join(shapes)}."
+
+
+def _branch_schema(branch: dict) -> dict:
+    return _resolve_ref(branch["$ref"]) if "$ref" in branch else branch
 
 
 def _branch_words(branch: dict) -> str:
@@ -394,31 +480,109 @@ def fill_defaults(node_schema: dict, value: Any) -> Any:
 
 
 def semantic_problems(spec: dict, base_dir: Path) -> list[str]:
-    """Rules the schema cannot express: files exist, names unique, shares add up."""
+    """Rules the schema cannot express: files exist, names unique, shares add up, shared
+    sources split alike."""
     problems = []
     seen = set()
+    readers: dict[tuple, list[int]] = {}  # data source -> the tasks reading it
     for i, task in enumerate(spec["tasks"]):
         where = f"$.tasks[{i}]"
         if task["name"] in seen:
             problems.append(f"{where}.name: {task['name']!r} is used by an earlier task; give each task its own name.")
         seen.add(task["name"])
-        problems += _data_problems(task["data"], base_dir, f"{where}.data")
+        data_problems = [
+            problem
+            for source_where, source in _task_sources(task["data"], f"{where}.data")
+            for problem in _data_problems(source, base_dir, source_where)
+        ]
+        problems += data_problems
         template = find_template(task["template"], base_dir)
         if template is None:
             available = ", ".join(p.name for p in _template_dirs_listing(base_dir)) or "none"
             problems.append(f"{where}.template: {task['template']!r} not found in templates/; available: {available}.")
-        if not problems and _data_format(task["data"], base_dir) == "text":
-            problems.append(f"{where}.data: a task needs rows (.jsonl, .json, .csv, .parquet), not a .txt file.")
+        if not data_problems and any(
+            _data_format(source, base_dir) == "text" for _, source in _task_sources(task["data"], where)
+        ):
+            problems.append(f"{where}.data: a task needs rows (.jsonl, .json, .csv, .tsv, .parquet), not a .txt file.")
         split = task["split"]
         total = split["train"] + split["val"] + split["test"]
         if abs(total - 1.0) > 1e-6:
             problems.append(
                 f"{where}.split: train + val + test = {total:g}, expected 1; e.g. train: 0.7, val: 0.2, test: 0.1."
             )
+        problems += _label_map_problems(task, where)
+        readers.setdefault(_source_key(task["data"], base_dir), []).append(i)
+    for indices in readers.values():
+        problems += _shared_source_problems([spec["tasks"][i] for i in indices], indices)
     for i, probe in enumerate(spec["evaluation"]["forgetting"]):
         if isinstance(probe, dict):
             problems += probe_problems(probe, base_dir, f"$.evaluation.forgetting[{i}]")
     return problems
+
+
+def _task_sources(data: str | dict, where: str) -> list[tuple[str, str | dict]]:
+    """(JSON path, source) of every file or hub split a task's data names."""
+    if isinstance(data, dict) and "train" in data:
+        return [(f"{where}.{name}", data[name]) for name in ("train", "val", "test") if name in data]
+    return [(where, data)]
+
+
+def _source_key(data: str | dict, base_dir: Path) -> tuple:
+    def one(source):
+        if isinstance(source, str):
+            source = {"path": source}
+        if "path" in source:
+            return ("file", str((base_dir / source["path"]).resolve()))
+        return ("hub", source["hub"], source.get("config"), source.get("split", "train"))
+
+    if isinstance(data, dict) and "train" in data:
+        return ("split_files", *(one(data[n]) if n in data else None for n in ("train", "val", "test")))
+    return one(data)
+
+
+# Settings that decide which rows a source's split holds: tasks sharing the source must agree.
+SHARED_SETTINGS = {
+    "split": "split shares",
+    "max_rows": "max_rows sample",
+}
+
+
+def _shared_source_problems(tasks: list[dict], indices: list[int]) -> list[str]:
+    if len(tasks) < 2:
+        return []
+    problems = []
+    names = ", ".join(repr(t["name"]) for t in tasks)
+    first = tasks[0]
+    for task, i in zip(tasks[1:], indices[1:]):
+        for key, words in SHARED_SETTINGS.items():
+            if task[key] != first[key]:
+                problems.append(
+                    f"$.tasks[{i}].{key}: tasks {names} read the same data, so they share one split of its rows and "
+                    f"need the same {words}; got {_show(task[key])} here and {_show(first[key])} in "
+                    f"task {first['name']!r}."
+                )
+        for key in ("stratify_by", "group_by"):
+            mine = task["data"].get(key) if isinstance(task["data"], dict) else None
+            theirs = first["data"].get(key) if isinstance(first["data"], dict) else None
+            if mine != theirs:
+                problems.append(
+                    f"$.tasks[{i}].data.{key}: tasks {names} read the same data and share one split; give them the "
+                    f"same {key} (got {_show(mine)} here, {_show(theirs)} in task {first['name']!r})."
+                )
+    return problems
+
+
+def _label_map_problems(task: dict, where: str) -> list[str]:
+    label_map, labels = task.get("label_map"), task.get("labels")
+    if not label_map or labels is None:
+        return []
+    unknown = sorted({v for v in label_map.values() if v not in labels})
+    if unknown:
+        return [
+            f"{where}.label_map: maps to {', '.join(map(repr, unknown))}, not among labels "
+            f"({', '.join(labels)}); add them to labels or fix the map."
+        ]
+    return []
 
 
 def probe_problems(probe: dict, base_dir: Path, where: str) -> list[str]:
@@ -500,7 +664,12 @@ def _template_dirs_listing(base_dir: Path) -> list[Path]:
 
 def _build_spec(filled: dict, base_dir: Path, source_path: Path | None) -> Spec:
     tasks = [
-        {**t, "data": _data_source(t["data"], base_dir), "template": find_template(t["template"], base_dir)}
+        {
+            **t,
+            "data": _task_data(t["data"], base_dir),
+            "template": find_template(t["template"], base_dir),
+            **_labels_and_map(t),
+        }
         for t in filled["tasks"]
     ]
     probes = []
@@ -525,6 +694,27 @@ def _build_spec(filled: dict, base_dir: Path, source_path: Path | None) -> Spec:
     }
     values.pop("$schema", None)
     return _build(Spec, values)
+
+
+def _task_data(data: str | dict, base_dir: Path) -> DataSource | SplitFiles:
+    if isinstance(data, dict) and "train" in data:
+        files = {
+            name: _build(DataSource, _data_source(data[name], base_dir))
+            for name in ("train", "val", "test")
+            if name in data
+        }
+        return SplitFiles(**files, stratify_by=data.get("stratify_by"), group_by=data.get("group_by"))
+    return _build(DataSource, _data_source(data, base_dir))
+
+
+def _labels_and_map(task: dict) -> dict:
+    """label_map keys as the strings a template renders (YAML reads `0:` as an integer); labels
+    default to the map's values in order."""
+    if not task.get("label_map"):
+        return {"label_map": None}
+    label_map = {str(k): v for k, v in task["label_map"].items()}
+    labels = task.get("labels") or list(dict.fromkeys(label_map.values()))
+    return {"label_map": label_map, "labels": labels}
 
 
 def _data_source(data: str | dict, base_dir: Path) -> dict:
@@ -553,6 +743,8 @@ def _build(cls, values: dict):
 
 
 def _convert(hint, value):
+    if dataclasses.is_dataclass(value):  # built already (task data)
+        return value
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if dataclasses.is_dataclass(hint) and isinstance(value, dict):

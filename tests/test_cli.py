@@ -47,7 +47,8 @@ def classification_run(tmp_path_factory) -> tuple[Path, str]:
     (root / "templates").mkdir()
     write_jsonl(root / "data" / "sentiment.jsonl", sentiment_rows(40))
     (root / "templates" / "sentiment.jinja").write_text("Review: {{ text }}\nSentiment:\n|||\n{{ sentiment }}\n")
-    write_spec(root / "spec.yaml", base_spec())
+    # Room for few-shot prompts: the byte-level tiny tokenizer spends a token per character.
+    write_spec(root / "spec.yaml", base_spec(model={"source": "random-tiny", "max_length": 256}))
     assert main(["run", str(root / "spec.yaml")]) == 0
     return only_run_dir(root), root
 
@@ -93,7 +94,14 @@ def test_report_json_contract(classification_run):
     assert 0 < cost["trainable_params"] < cost["total_params"]
     assert cost["train_seconds"] > 0 and cost["tokens_per_second"] > 0 and cost["peak_rss_mb"] > 0
     predictions = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
-    assert {p["rung"] for p in predictions} == {"base_zero_shot", "base_few_shot", "fine_tuned"}
+    assert {p["rung"] for p in predictions} == {"majority", "base_zero_shot", "base_few_shot", "fine_tuned"}
+    # The majority rung answers the most frequent train label for every row.
+    majority = task["test"]["majority"]
+    train_counts = task["data"]["label_counts"]["train"]
+    assert majority["answer"] == max(train_counts, key=train_counts.get)
+    gold = [p["gold"] for p in predictions if p["rung"] == "majority"]
+    assert majority["accuracy"] == pytest.approx(gold.count(majority["answer"]) / len(gold))
+    assert task["test"]["base_few_shot"]["few_shot_k"] > 0
     fine = [p for p in predictions if p["rung"] == "fine_tuned"]
     assert sum(p["correct"] for p in fine) / len(fine) == pytest.approx(task["test"]["fine_tuned"]["accuracy"])
 
@@ -128,8 +136,9 @@ def test_resume_continues_from_last_checkpoint(classification_run):
 
 def test_generation_task_with_full_fine_tuning(workdir):
     rows = [
-        {"word": w, "answer": w.upper()}
-        for w in ["cat", "dog", "sun", "sky", "red", "big", "hat", "cup", "pen", "box"] * 3
+        {"word": f"{w}{i}", "answer": f"{w}{i}".upper()}
+        for i in range(3)
+        for w in ["cat", "dog", "sun", "sky", "red", "big", "hat", "cup", "pen", "box"]
     ]
     write_jsonl(workdir / "data" / "upper.jsonl", rows)
     (workdir / "templates" / "upper.jinja").write_text("Write {{ word }} in capitals. ||| {{ answer }}")
@@ -142,7 +151,7 @@ def test_generation_task_with_full_fine_tuning(workdir):
     report = json.loads((run_dir / "report.json").read_text())
     task = report["tasks"]["upper"]
     assert task["kind"] == "generation"
-    assert set(task["test"]) == {"base_zero_shot", "base_few_shot", "fine_tuned"}
+    assert set(task["test"]) == {"majority", "base_zero_shot", "base_few_shot", "fine_tuned"}
     assert task["test"]["fine_tuned"]["n"] == 3 and 0 <= task["test"]["fine_tuned"]["exact_match"] <= 1
     assert report["cost"]["trainable_params"] == report["cost"]["total_params"]
     assert (run_dir / "model" / "model.safetensors").is_file()
@@ -173,8 +182,7 @@ def test_bad_data_stops_before_training_with_exit_2(workdir, capsys):
     assert main(["run", str(workdir / "spec.yaml")]) == 2
     err = capsys.readouterr().err
     assert "row 1: completion 'meh' is not one of the task's labels" in err
-    report = json.loads((only_run_dir(workdir) / "report.json").read_text())
-    assert report["status"] == "failed" and "meh" in report["error"]
+    assert not (workdir / "runs").exists()  # stopped before a run folder was made
 
 
 def test_bad_spec_exits_2_naming_every_problem_without_traceback(tmp_path):
@@ -229,7 +237,7 @@ def test_eval_base_and_checkpoint_then_compare(classification_run, tmp_path, cap
     assert main(["eval", spec, "--checkpoint", str(run_dir / "model"), "--output-dir", str(tmp_path / "evals")]) == 0
     evals = sorted((tmp_path / "evals" / "tiny").iterdir())
     base_only = json.loads((evals[0] / "report.json").read_text())
-    assert set(base_only["tasks"]["sentiment"]["test"]) == {"base_zero_shot", "base_few_shot"}
+    assert set(base_only["tasks"]["sentiment"]["test"]) == {"majority", "base_zero_shot", "base_few_shot"}
     with_ckpt = json.loads((evals[1] / "report.json").read_text())
     trained = json.loads((run_dir / "report.json").read_text())
     # Scoring the exported adapter reproduces the run's own fine-tuned numbers.

@@ -134,13 +134,13 @@ def test_chat_template_wraps_prompt_and_eos_ends_free_text():
     assert tokenizer.decode(completion) == "hello<|im_end|>"
 
 
-def test_truncation_cuts_the_prompt_start_and_is_counted():
+def test_encoder_cuts_what_still_does_not_fit_from_the_prompt_start_and_counts_it():
     tokenizer = byte_tokenizer()
     encoder = Encoder(tokenizer, max_length=16, chat_template=False)
     row = encoder.encode(Example("t", 1, "x" * 40 + "END", "yes"), add_eos=False)
     assert len(row["input_ids"]) == 16
     assert tokenizer.decode(row["input_ids"]).endswith("END yes")
-    assert encoder.truncated["t"] == 1
+    assert encoder.cuts == 1
 
 
 def test_collate_pads_dynamically_and_masks_padding():

@@ -1,0 +1,179 @@
+"""Scoring bookkeeping: which rungs and probes run on which model, and how their per-row
+outcomes become confidence intervals, deltas and the forgetting verdict in the report."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from runner import checks
+from runner import report as reporting
+from runner.data import Encoder, TaskData
+from runner.evaluation import Evaluator, majority_baseline
+from runner.probes import HEADLINE, HIGHER_IS_BETTER, ProbeData, drift, run_probe
+from runner.spec import Spec
+from runner.training import resolve_precision
+from runner.truncation import Fitter
+
+BASE_RUNGS = {"base_zero_shot": False, "base_few_shot": True}  # rung -> uses few-shot prompts
+
+
+@dataclass
+class Scoring:
+    """What every scoring step shares: the spec, the data and probes, where results go, and the
+    per-item outcomes kept for paired bootstraps."""
+
+    spec: Spec
+    tasks: list[TaskData]
+    probes: list[ProbeData]
+    report: dict
+    run_dir: Path
+    tasks_items: dict[str, dict[str, reporting.ItemScores]] = field(default_factory=dict)
+    probes_before: dict[str, tuple[dict, torch.Tensor | None]] = field(default_factory=dict)
+    probes_after: dict[str, tuple[dict, torch.Tensor | None]] = field(default_factory=dict)
+    drift: dict[str, dict] = field(default_factory=dict)
+
+
+def score_base(evaluator: Evaluator, scoring: Scoring) -> None:
+    """The untouched model: majority, zero-shot and few-shot rungs, and every probe's 'before'."""
+    if "majority" in scoring.spec.evaluation.baselines:
+        score_tasks("majority", scoring, majority_baseline)
+    for rung, few_shot in BASE_RUNGS.items():
+        if rung in scoring.spec.evaluation.baselines:
+            shots = scoring.spec.evaluation.few_shot_k if few_shot else 0
+            score_tasks(rung, scoring, lambda data, k=shots: evaluator.evaluate(data, shots=k, seed=scoring.spec.seed))
+    for p in scoring.probes:
+        if p.probe.kind != "drift":
+            scoring.probes_before[p.probe.name] = run_probe(evaluator, p)
+
+
+def score_tuned(evaluator: Evaluator, base: Evaluator, scoring: Scoring) -> None:
+    """The fine-tuned model: its rung, every probe's 'after', and drift from the base."""
+    if "fine_tuned" in scoring.spec.evaluation.baselines:
+        score_tasks("fine_tuned", scoring, lambda data: evaluator.evaluate(data, seed=scoring.spec.seed))
+    for p in scoring.probes:
+        if p.probe.kind == "drift":
+            scoring.drift[p.probe.name] = drift(base, evaluator, p)
+        else:
+            scoring.probes_after[p.probe.name] = run_probe(evaluator, p)
+
+
+def base_evaluator(tuned: Evaluator, base_copy: torch.nn.Module | None) -> Evaluator:
+    """An evaluator that scores as the base model: a kept copy, or the peft model with adapters off."""
+    if base_copy is not None:
+        return dataclasses.replace(tuned, model=base_copy.to(tuned.device))
+    return dataclasses.replace(tuned, adapters_off=True)
+
+
+def score_tasks(rung: str, scoring: Scoring, score) -> None:
+    """Score every task's test split with one rung (`score(data) -> (metrics, records)`);
+    append its predictions to predictions.jsonl."""
+    with open(scoring.run_dir / "predictions.jsonl", "a") as f:
+        for data in scoring.tasks:
+            metrics, records = score(data)
+            entry = scoring.report["tasks"][data.task.name]
+            entry.setdefault("test", {})[rung] = metrics
+            for r in records:
+                f.write(json.dumps({"task": data.task.name, "rung": rung, **r}) + "\n")
+            correct = torch.tensor([r["correct"] for r in records], dtype=torch.float)
+            if data.task.is_classification:
+                labels = data.task.labels
+                items = reporting.ItemScores(
+                    correct,
+                    torch.tensor([labels.index(r["prediction"]) for r in records]),
+                    torch.tensor([labels.index(r["gold"]) for r in records]),
+                    len(labels),
+                )
+            else:
+                items = reporting.ItemScores(correct)
+            scoring.tasks_items.setdefault(data.task.name, {})[rung] = items
+            if rung == "fine_tuned":
+                n = scoring.spec.evaluation.sample_predictions
+                entry["samples"] = [
+                    {k: r[k] for k in ("row", "id", "gold", "prediction", "correct") if k in r} for r in records[:n]
+                ]
+
+
+def summarize(scoring: Scoring) -> None:
+    """Confidence intervals, deltas, forgetting entries and the one-sentence verdict."""
+    spec, report = scoring.spec, scoring.report
+    samples = spec.evaluation.bootstrap_samples
+    for name, items in scoring.tasks_items.items():
+        reporting.add_uncertainty(report["tasks"][name], items, samples, spec.seed)
+    forgetting = {}
+    for name, (before, items_before) in scoring.probes_before.items():
+        if name not in scoring.probes_after:
+            continue
+        after, items_after = scoring.probes_after[name]
+        kind = next(p.kind for p in spec.evaluation.forgetting if p.name == name)
+        metric = HEADLINE[kind]
+        forgetting[name] = reporting.forgetting_entry(
+            kind, metric, HIGHER_IS_BETTER[metric], before, after, items_before, items_after, samples, spec.seed
+        )
+    for name, value in scoring.drift.items():
+        forgetting[name] = {
+            "kind": "drift",
+            "metric": "kl_per_token",
+            "value": round(value["kl_per_token"], 6),
+            "tokens": value["tokens"],
+        }
+    if scoring.probes_after or scoring.drift:
+        report["forgetting"] = forgetting
+        report["forgetting_summary"] = reporting.forgetting_sentence(forgetting)
+    elif scoring.probes_before:  # base-only evaluation: the 'before' numbers alone
+        report["probes_base"] = {name: before for name, (before, _) in scoring.probes_before.items()}
+
+
+def make_evaluator(model: torch.nn.Module, encoder: Encoder, spec: Spec, fitter: Fitter | None = None) -> Evaluator:
+    use_gpu = spec.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    device = torch.device("cuda" if use_gpu else "cpu")
+    precision = resolve_precision(spec.trainer.precision, spec.trainer.accelerator)
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    return Evaluator(
+        model.to(device),
+        encoder,
+        spec.evaluation.batch_size,
+        spec.evaluation.max_new_tokens,
+        device,
+        dtype,
+        fitter=fitter,
+    )
+
+
+def describe_data(report: dict, tasks: list[TaskData], findings: list, encoder: Encoder, spec: Spec) -> None:
+    """Per task: rows per split and label, rows truncated per split, data checks."""
+    for t in tasks:
+        report["tasks"][t.task.name] = {
+            "kind": "classification" if t.task.is_classification else "generation",
+            **({"labels": list(t.task.labels)} if t.task.is_classification else {}),
+            "data": {
+                "source": t.task.data.describe(),
+                "files": t.files,
+                "rows": t.rows_read,
+                "train": len(t.train),
+                "val": len(t.val),
+                "test": len(t.test),
+                "label_counts": t.label_counts(),
+                "truncated": t.truncated_counts(),
+                "label_end_token": t.label_eos,
+                "checks": checks.as_report(findings, t.task.name),
+            },
+        }
+    if spec.model.chat_template and not encoder.use_chat:
+        report["notes"].append("model.chat_template is on but the tokenizer has no chat template: plain prompts used.")
+
+
+@contextlib.contextmanager
+def timed(report: dict, key: str):
+    """Record a phase's wall time under report["cost"][key]."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        report.setdefault("cost", {})[key] = round(time.perf_counter() - started, 1)

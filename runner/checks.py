@@ -15,11 +15,10 @@ from __future__ import annotations
 import re
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import jinja2.meta
 
-from runner.data import SEPARATOR, Encoder, Example, TaskData, template_environment
+from runner.data import Encoder, Example, TaskData, load_template, render_example, template_environment
 from runner.errors import DataError
 from runner.spec import DataChecksSpec
 from runner.truncation import prefix_labels
@@ -87,13 +86,23 @@ def as_report(findings: list[Finding], task: str) -> list[dict]:
 # --- inputs ------------------------------------------------------------------------------
 
 
-def prompt_variables(template_path: Path) -> set[str]:
-    """Variables the prompt part of a template uses (the text before `|||`)."""
-    source = template_path.read_text()
-    prompt_part, _, completion_part = source.partition(SEPARATOR)
+def prompt_variables(data: TaskData) -> list[str]:
+    """The row fields the prompt shows and the completion does not: each of the template's
+    variables is replaced by a marker in one row, and rendered to see where the marker lands."""
     env = template_environment()
-    used = jinja2.meta.find_undeclared_variables(env.parse(prompt_part))
-    return used - jinja2.meta.find_undeclared_variables(env.parse(completion_part))
+    template = load_template(data.task.template)
+    variables = jinja2.meta.find_undeclared_variables(env.parse(data.task.template.read_text()))
+    example = next(iter(data.train + data.val + data.test))
+    marker = "\x00runner-field\x00"
+    found = []
+    for name in sorted(variables):
+        try:
+            prompt, completion = render_example(template, {**example.fields, name: marker})
+        except (ValueError, TypeError):  # a field the template computes with: not plain input text
+            continue
+        if marker in prompt and marker not in completion:
+            found.append(name)
+    return found
 
 
 def normalize(text: str) -> str:
@@ -103,7 +112,7 @@ def normalize(text: str) -> str:
 def input_keys(data: TaskData) -> dict[int, str]:
     """id(example) -> its normalised input: group_by value, else the prompt variables' values."""
     group = data.task.data.group_by
-    variables = sorted(prompt_variables(data.task.template))
+    variables = prompt_variables(data)
     out = {}
     for e in data.train + data.val + data.test:
         if group is not None and e.fields.get(group) is not None:

@@ -1,4 +1,4 @@
-"""Command line: `runner validate | run | schema`.
+"""Command line: `runner validate | preview | run | eval | compare | schema`.
 
 Exit codes: 0 success, 2 bad spec or bad data (a message, never a traceback), 1 anything else.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from runner.errors import RunnerError
+from runner.errors import Interrupted, RunnerError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except RunnerError as exc:
         print(f"error: {exc.message}" if exc.exit_code != 2 else exc.message, file=sys.stderr)
+        return exc.exit_code
+    except Interrupted as exc:  # the run's report says so and names the resume command
+        print(f"\ninterrupted by {exc.name}; {exc.detail}".rstrip("; "), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -63,6 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", type=Path, default=Path("."), help="folder for compare.md and compare.html (default: .)"
     )
     compare.set_defaults(func=cmd_compare)
+
+    preview = sub.add_parser(
+        "preview", help="show what the model will see: rendered rows, tokens, loss tokens, truncation, data checks"
+    )
+    preview.add_argument("spec", type=Path)
+    preview.add_argument("--rows", type=int, default=3, help="rows shown per task (default 3)")
+    preview.add_argument("--split", choices=("train", "val", "test"), default="train", help="split to show rows of")
+    preview.add_argument("--json", action="store_true", help="one JSON object per row, for scripts")
+    add_overrides(preview)
+    preview.set_defaults(func=cmd_preview)
 
     schema = sub.add_parser("schema", help="print the experiment JSON Schema")
     schema.set_defaults(func=cmd_schema)
@@ -113,6 +126,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise RunnerError(f"--checkpoint {args.checkpoint}: not found.")
     run_dir = eval_experiment(spec, None if args.base else args.checkpoint, output_dir=args.output_dir)
     print_summary(run_dir)
+    return 0
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    from runner.preview import preview
+    from runner.spec import load_spec
+
+    spec = load_spec(args.spec, args.overrides)
+    print(preview(spec, args.rows, args.split, args.json))
     return 0
 
 

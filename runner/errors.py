@@ -53,4 +53,5 @@ class Interrupted(BaseException):
         self.signum = signum
         self.name = signal.Signals(signum).name
         self.exit_code = 128 + signum
+        self.detail = ""  # what the run left and how to continue, set by the flow that stopped
         super().__init__(self.name)

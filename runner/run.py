@@ -156,6 +156,7 @@ def _guarded(spec: Spec, run_dir: Path, mode: str, inputs: Inputs, flow) -> Path
     try:
         flow(report)
     except Interrupted as exc:
+        exc.detail = f"the report in {run_dir} says so; continue with: {resume_command(spec, run_dir)}"
         finish(run_dir, report, "interrupted", f"stopped by {exc.name}; continue with: {resume_command(spec, run_dir)}")
         raise
     except RunnerError as exc:

@@ -214,7 +214,7 @@ class Evaluator:
             room = max(len(self.encoder.completion_ids(label, add_eos)) for label in task.labels)
         else:
             room = min(self.max_new_tokens, self.encoder.max_length // 2)
-        prompts, shots_used = [], []
+        prompts, shots_used, shots_cut = [], [], 0
         for e in examples:
             drawn = few_shot_examples(data.train, e, shots, seed)
             if drawn and self.fitter is not None:
@@ -223,6 +223,7 @@ class Evaluator:
                 used, ids = drawn, self.encoder.prompt_ids(e.prompt, drawn)
             prompts.append(ids)
             shots_used.append(len(used))
+            shots_cut += sum(shot.truncated for shot in used)
         budget = self.encoder.max_length - room
         cut = [len(p) > budget for p in prompts]
         prompts = [p[-budget:] for p in prompts]
@@ -249,6 +250,7 @@ class Evaluator:
         metrics["prompts_truncated"] = sum(e.truncated or c for e, c in zip(examples, cut))
         if shots:
             metrics["few_shot_k"] = round(sum(shots_used) / len(shots_used), 2)
+            metrics["shots_truncated"] = shots_cut
         return metrics, records
 
 

@@ -20,7 +20,8 @@ report.json, schema_version 3:
                     generation {exact_match, n}; every rung: prompt_tokens_mean (after any
                     shortening: what the model saw), prompts_truncated, and
                     ci95 {metric: [low, high]} (seeded bootstrap over test rows); base_few_shot:
-                    few_shot_k (shots per prompt on average, after dropping what did not fit);
+                    few_shot_k (shots per prompt on average, after dropping what did not fit),
+                    shots_truncated (shots whose fields were shortened);
                     majority: answer
     deltas          {"fine_tuned - base_zero_shot": {metric: {delta, ci95, excludes_zero}}, ...}
                     (paired bootstrap: both rungs on the same resampled rows)
@@ -330,7 +331,7 @@ def task_blocks(name: str, task: dict, images: dict[str, str]) -> list[tuple]:
                 m = tests[rung]
                 title = RUNG_TITLES[rung]
                 if m.get("few_shot_k") is not None:
-                    title += f" (k = {m['few_shot_k']:g} on average)"
+                    title += f" (k = {m['few_shot_k']:g} on average, {m.get('shots_truncated', 0)} shots shortened)"
                 if rung == "majority" and "answer" in m:
                     title += f": always {m['answer']!r}"
                 rows.append(

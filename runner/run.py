@@ -150,6 +150,7 @@ def _guarded(spec: Spec, run_dir: Path, mode: str, inputs: Inputs, flow) -> Path
     write_run_header(run_dir, spec, splits_record(inputs.tasks, spec.seed))
     report = start_report(spec, run_dir, mode)
     describe_data(report, inputs.tasks, inputs.findings, inputs.encoder, spec)
+    reporting.write_json(run_dir / "report.json", report)  # "running", from the start
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     for sig in previous:
         signal.signal(sig, _raise_interrupted)

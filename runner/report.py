@@ -44,6 +44,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 import resource
 import sys
 from dataclasses import dataclass
@@ -435,7 +436,7 @@ def to_markdown(blocks: list[tuple], image_files: dict[str, str]) -> str:
 HTML_STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:960px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:0.8em 0}th,td{border:1px solid #ccc;padding:4px 10px;text-align:right}
-th{background:#f3f4f6}td:first-child,th:first-child{text-align:left}img{max-width:100%;display:block;margin:0.8em 0}
+th{background:#f3f4f6}td:first-child,th:first-child,td.t{text-align:left}img{max-width:100%;display:block;margin:0.8em 0}
 code{background:#f3f4f6;padding:0 3px}h2{border-bottom:1px solid #ddd;padding-bottom:0.2em;margin-top:1.6em}
 """
 
@@ -450,7 +451,7 @@ def to_html(blocks: list[tuple], images: dict[str, str], title: str) -> str:
         elif kind == "table":
             header = "".join(f"<th>{html.escape(str(c))}</th>" for c in block[1])
             rows = "".join(
-                "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in block[2]
+                "<tr>" + "".join(_td(c) for c in row) + "</tr>" for row in block[2]
             )
             body.append(f"<table><thead><tr>{header}</tr></thead><tbody>{rows}</tbody></table>")
         elif kind == "img" and block[1] in images:
@@ -459,6 +460,13 @@ def to_html(blocks: list[tuple], images: dict[str, str], title: str) -> str:
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f"<style>{HTML_STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
     )
+
+
+def _td(cell) -> str:
+    """A table cell: numbers (with or without an interval) right-aligned, text left-aligned."""
+    text = str(cell)
+    numeric = bool(re.fullmatch(r"[-+]?[\d.,]+( \[.*\])?( s| MB)?|—", text))
+    return f"<td>{html.escape(text)}</td>" if numeric else f'<td class="t">{html.escape(text)}</td>'
 
 
 def _inline(text: str) -> str:

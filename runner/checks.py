@@ -70,12 +70,12 @@ def run_checks(tasks: list[TaskData], encoder: Encoder, settings: DataChecksSpec
 def raise_failures(findings: list[Finding], source: str) -> None:
     failed = [f for f in findings if f.severity == "fail"]
     if failed:
-        lines = [f.line() for f in failed]
-        lines.append(
-            "Fix the data, or set data_checks.<check>: warn (or off) in the spec to run anyway; "
-            "`runner preview SPEC` shows every check."
+        raise DataError(
+            f"{source}: data checks",
+            [f.line() for f in failed],
+            footer="Fix the data, or set data_checks.<check>: warn (or off) in the spec to run anyway; "
+            "`runner preview SPEC` shows every check.",
         )
-        raise DataError(f"{source}: data checks", lines)
 
 
 def as_report(findings: list[Finding], task: str) -> list[dict]:
@@ -110,16 +110,21 @@ def normalize(text: str) -> str:
 
 
 def input_keys(data: TaskData) -> dict[int, str]:
-    """id(example) -> its normalised input: group_by value, else the prompt variables' values."""
-    group = data.task.data.group_by
+    """id(example) -> its normalised input: the prompt variables' values."""
     variables = prompt_variables(data)
-    out = {}
-    for e in data.train + data.val + data.test:
-        if group is not None and e.fields.get(group) is not None:
-            out[id(e)] = f"group:{normalize(e.fields[group])}"
-        else:
-            out[id(e)] = " \x1f ".join(normalize(e.fields.get(v, "")) for v in variables)
-    return out
+    return {
+        id(e): " \x1f ".join(normalize(e.fields.get(v, "")) for v in variables)
+        for e in data.train + data.val + data.test
+    }
+
+
+def group_keys(data: TaskData) -> dict[int, str]:
+    """id(example) -> its group_by value, for the sources that name one."""
+    group = data.task.data.group_by
+    if group is None:
+        return {}
+    examples = data.train + data.val + data.test
+    return {id(e): f"group:{normalize(e.fields[group])}" for e in examples if e.fields.get(group) is not None}
 
 
 def _where(t: TaskData, split: str, e: Example) -> str:
@@ -154,28 +159,36 @@ def find_duplicates(tasks, keys, encoder, settings) -> list[Finding]:
 
 
 def find_leaks(tasks, keys, encoder, settings) -> list[Finding]:
-    """The same input in train (or val) and in a later split, within a task or across tasks."""
-    first_seen: dict[str, tuple[int, str]] = {}  # input -> (split rank, where)
+    """The same input — or the same group_by value — in train (or val) and in a later split,
+    within a task or across tasks."""
+    groups = {t.task.name: group_keys(t) for t in tasks}
+
+    def keys_of(t, e):
+        return [k for k in (keys[t.task.name][id(e)], groups[t.task.name].get(id(e))) if k is not None]
+
+    first_seen: dict[str, tuple[int, str]] = {}  # input or group -> (split rank, where)
     for rank, split in enumerate(SPLIT_ORDER):
         for t in tasks:
             for e in t.splits()[split]:
-                first_seen.setdefault(keys[t.task.name][id(e)], (rank, _where(t, split, e)))
+                for key in keys_of(t, e):
+                    first_seen.setdefault(key, (rank, _where(t, split, e)))
     pairs: dict[tuple[str, str], list[str]] = defaultdict(list)
     involved: dict[tuple[str, str], set[str]] = defaultdict(set)
     for rank, split in enumerate(SPLIT_ORDER):
         for t in tasks:
             for e in t.splits()[split]:
-                earlier_rank, where = first_seen[keys[t.task.name][id(e)]]
-                if earlier_rank < rank:
-                    kind = (SPLIT_ORDER[earlier_rank], split)
-                    pairs[kind].append(f"{_where(t, split, e)} = {where}")
-                    involved[kind] |= {t.task.name, where.split(" ")[0]}
+                earlier = min(first_seen[key] for key in keys_of(t, e))
+                if earlier[0] < rank:
+                    kind = (SPLIT_ORDER[earlier[0]], split)
+                    pairs[kind].append(f"{_where(t, split, e)} = {earlier[1]}")
+                    involved[kind] |= {t.task.name, earlier[1].split(" ")[0]}
     return [
         Finding(
             "leaks",
             "",
             sorted(involved[kind]),
-            f"{len(rows)} {kind[1]} rows have the same input as a {kind[0]} row",
+            f"{len(rows)} {kind[1]} rows have the same input{' or group' if any(groups.values()) else ''} "
+            f"as a {kind[0]} row",
             rows,
         )
         for kind, rows in pairs.items()

@@ -19,18 +19,24 @@ class ProblemsError(RunnerError):
     exit_code = 2
     what = "input"
 
-    def __init__(self, source: str, problems: list[str]) -> None:
+    def __init__(self, source: str, problems: list[str], footer: str | None = None) -> None:
         self.source = source
         self.problems = list(problems)
         n = len(self.problems)
         header = f"{source} is not a valid {self.what} ({n} problem{'s' if n != 1 else ''}):"
-        super().__init__("\n".join([header, *(f"  {p}" for p in self.problems)]))
+        super().__init__("\n".join([header, *(f"  {p}" for p in self.problems), *([footer] if footer else [])]))
 
 
 class SpecError(ProblemsError):
     """The spec breaks the schema or a semantic rule."""
 
     what = "spec"
+
+
+class TemplateError(ProblemsError):
+    """A template cannot serve the spec's model (its fixed text alone is too long)."""
+
+    what = "template for this model"
 
 
 class DataError(ProblemsError):

@@ -210,10 +210,12 @@ class Evaluator:
         """
         task, examples = data.task, data.test
         add_eos = data.label_eos or not task.is_classification
+        # Room after the prompt: every label is scored there; a generated answer may run past
+        # max_length (positions beyond it are the model's to handle), so it needs none.
         if task.is_classification:
             room = max(len(self.encoder.completion_ids(label, add_eos)) for label in task.labels)
         else:
-            room = min(self.max_new_tokens, self.encoder.max_length // 2)
+            room = 0
         prompts, shots_used, shots_cut = [], [], 0
         for e in examples:
             drawn = few_shot_examples(data.train, e, shots, seed)

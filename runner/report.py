@@ -450,9 +450,7 @@ def to_html(blocks: list[tuple], images: dict[str, str], title: str) -> str:
             body.append(f"<{kind}>{_inline(block[1])}</{kind}>")
         elif kind == "table":
             header = "".join(f"<th>{html.escape(str(c))}</th>" for c in block[1])
-            rows = "".join(
-                "<tr>" + "".join(_td(c) for c in row) + "</tr>" for row in block[2]
-            )
+            rows = "".join("<tr>" + "".join(_td(c) for c in row) + "</tr>" for row in block[2])
             body.append(f"<table><thead><tr>{header}</tr></thead><tbody>{rows}</tbody></table>")
         elif kind == "img" and block[1] in images:
             body.append(f'<img src="{images[block[1]]}" alt="{html.escape(block[2])}">')

@@ -19,7 +19,7 @@ from pathlib import Path
 import jinja2
 
 from runner.data import Encoder, Example, TaskData, load_template, render_example
-from runner.errors import DataError, SpecError
+from runner.errors import DataError, TemplateError
 
 MARK = " … "
 MIN_FIELD_TOKENS = 8  # below this a cut field says nothing; the row then falls back to a left cut
@@ -113,7 +113,7 @@ class Fitter:
             return
         fixed = len(self.encoder.prompt_ids(prompt)) + self.completion_room(data, example)
         if fixed > self.encoder.max_length:
-            raise SpecError(
+            raise TemplateError(
                 str(data.task.template),
                 [
                     f"the template's fixed text (instruction and chat framing, with every field empty) is {fixed} "

@@ -264,10 +264,11 @@ def majority_baseline(data: TaskData) -> tuple[dict, list[dict]]:
         labels = data.task.labels
         preds = torch.full((len(examples),), labels.index(answer))
         metrics = classification_metrics(preds, torch.tensor([e.label for e in examples]), labels)
+        hits = [e.completion == answer for e in examples]
     else:
         hits = [normalize_answer(answer) == normalize_answer(e.completion) for e in examples]
         metrics = {"exact_match": sum(hits) / len(hits), "n": len(hits)}
-    records = [{**_identity(e), "prediction": answer, "correct": e.completion == answer} for e in examples]
+    records = [{**_identity(e), "prediction": answer, "correct": h} for e, h in zip(examples, hits)]
     metrics.update(prompt_tokens_mean=0.0, prompts_truncated=0, answer=answer)
     return metrics, records
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+import pytest
 from conftest import PROJECT
 
 DATA = PROJECT / "experiments" / "data" / "ticket_urgency.jsonl"
@@ -29,3 +30,34 @@ def test_every_label_follows_the_rubric_and_the_mix_is_as_documented():
     assert len({r["id"] for r in rows}) == len(rows)
     lengths = [len(r["ticket"].split()) for r in rows]
     assert min(lengths) >= 3 and max(lengths) <= 150
+
+
+def test_the_demo_split_is_stable():
+    """The README's demo numbers were measured on these 104 test tickets: a change to the
+    splitting code must not move them silently."""
+    import hashlib
+
+    from runner.data import prepare_data
+    from runner.spec import load_spec
+
+    data = prepare_data(load_spec(PROJECT / "experiments" / "ticket_urgency.yaml"))[0]
+    rows = [e.row for e in data.test]
+    assert rows[:6] == [10, 28, 38, 56, 63, 65]
+    assert hashlib.sha256(str(rows).encode()).hexdigest()[:16] == "656d55ee418af947"
+    assert (len(data.train), len(data.val), len(data.test)) == (728, 208, 104)
+
+
+def test_long_tickets_have_a_fixed_test_file_from_other_source_tickets():
+    import csv
+
+    with open(PROJECT / "experiments" / "data" / "long_tickets_train.csv", newline="") as f:
+        train = list(csv.DictReader(f))
+    test = [json.loads(line) for line in (PROJECT / "experiments" / "data" / "long_tickets_test.jsonl").open()]
+    assert (len(train), len(test)) == (420, 150)
+    source = {r["ticket"] for r in map(json.loads, DATA.open())}
+    origin = lambda row: next(t for t in source if row["body"].startswith(t))  # noqa: E731
+    assert not {origin(r) for r in train} & {origin(r) for r in test}
+    for rows in (train, test):
+        counts = Counter(r["urgency"] for r in rows)
+        assert set(counts) == {"Critical", "High", "Medium", "Low"}
+        assert counts["Medium"] / len(rows) == pytest.approx(0.40, abs=0.02)

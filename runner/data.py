@@ -14,10 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import jinja2
-import lightning as L
 import torch
 from jinja2.sandbox import SandboxedEnvironment
-from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from runner.errors import DataError
 from runner.spec import DataSource, Spec, SplitFiles, TaskSpec
@@ -487,42 +485,3 @@ class Collator:
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         return collate(features, self.pad_id)
-
-
-class FineTuneData(L.LightningDataModule):
-    """Tokenised train/val sets of every task; training mixes tasks by their weights."""
-
-    def __init__(self, tasks: list[TaskData], encoder: Encoder, batch_size: int, num_workers: int, seed: int) -> None:
-        super().__init__()
-        self.task_names = [t.task.name for t in tasks]
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.seed = seed
-        self.collator = Collator(encoder.tokenizer.pad_token_id)
-        self.train_sets, self.val_sets = [], []
-        for index, t in enumerate(tasks):
-            add_eos = t.label_eos or not t.task.is_classification
-            self.train_sets.append([{**encoder.encode(e, add_eos), "task_index": index} for e in t.train])
-            self.val_sets.append([{**encoder.encode(e, add_eos), "task_index": index} for e in t.val])
-        self.weights = [t.task.weight for t in tasks]
-
-    @property
-    def train_rows(self) -> list[dict]:
-        return [row for rows in self.train_sets for row in rows]
-
-    def train_dataloader(self) -> DataLoader:
-        rows = self.train_rows
-        generator = torch.Generator().manual_seed(self.seed)
-        common = dict(batch_size=self.batch_size, collate_fn=self.collator, num_workers=self.num_workers)
-        if all(w is None for w in self.weights):
-            return DataLoader(rows, shuffle=True, generator=generator, **common)
-        # Mixture: task t gets share w_t of the samples; unweighted tasks keep their size share.
-        total = len(rows)
-        shares = [w if w is not None else len(s) / total for w, s in zip(self.weights, self.train_sets)]
-        per_row = [share / sum(shares) / len(s) for share, s in zip(shares, self.train_sets) for _ in s]
-        sampler = WeightedRandomSampler(per_row, num_samples=total, replacement=True, generator=generator)
-        return DataLoader(rows, sampler=sampler, **common)
-
-    def val_dataloader(self) -> DataLoader:
-        rows = [row for rows in self.val_sets for row in rows]
-        return DataLoader(rows, batch_size=self.batch_size, collate_fn=self.collator, num_workers=self.num_workers)

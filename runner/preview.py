@@ -11,7 +11,7 @@ import json
 import statistics
 
 from runner.data import IGNORE_INDEX, Example, TaskData
-from runner.run import Inputs, prepare_inputs
+from runner.inputs import Inputs, prepare_inputs
 from runner.spec import Spec
 
 LOSS_OPEN, LOSS_CLOSE = "⟦", "⟧"  # around the tokens that carry loss

@@ -13,16 +13,13 @@ import copy
 import logging
 import os
 import signal
-import sys
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from runner import checks
 from runner import report as reporting
-from runner.data import Encoder, FineTuneData, TaskData, prepare_data, splits_record
+from runner.data import TaskData, splits_record
 from runner.errors import Interrupted, RunnerError
 from runner.folder import (
     export_model,
@@ -33,8 +30,8 @@ from runner.folder import (
     start_report,
     write_run_header,
 )
-from runner.model import apply_method, count_parameters, load_model, load_tokenizer
-from runner.probes import ProbeData, load_probe
+from runner.inputs import Inputs, prepare_inputs, print_findings
+from runner.model import apply_method, count_parameters, load_model
 from runner.scoring import (
     Scoring,
     base_evaluator,
@@ -46,36 +43,11 @@ from runner.scoring import (
     timed,
 )
 from runner.spec import Spec
-from runner.training import FineTuner, fit, load_weights
-from runner.truncation import Fitter, fit_tasks
+from runner.training import FineTuneData, FineTuner, fit, load_weights
 
 log = logging.getLogger(__name__)
 
 RUN_DIR_ENV = "RUNNER_RUN_DIR"
-
-
-@dataclass
-class Inputs:
-    """Everything a run needs before its model: checked data, probes, tokenizer and encoder."""
-
-    tasks: list[TaskData]
-    probes: list[ProbeData]
-    encoder: Encoder
-    fitter: Fitter
-    findings: list[checks.Finding]
-
-
-def prepare_inputs(spec: Spec, with_probes: bool = True, enforce_checks: bool = True) -> Inputs:
-    """Data (read, templated, split), the tokenizer, rows fitted to max_length, data checks and
-    probes. Raises DataError (exit 2) for bad rows or failing checks, before any run folder."""
-    tasks = prepare_data(spec)
-    probes = [load_probe(p) for p in spec.evaluation.forgetting] if with_probes else []
-    encoder = Encoder(load_tokenizer(spec.model.source), spec.model.max_length, spec.model.chat_template)
-    fitter = fit_tasks(tasks, encoder, spec.model.truncation)
-    findings = checks.run_checks(tasks, encoder, spec.data_checks)
-    if enforce_checks:
-        checks.raise_failures(findings, str(spec.source_path or spec.name))
-    return Inputs(tasks, probes, encoder, fitter, findings)
 
 
 def run_experiment(spec: Spec, output_dir: Path | None = None, resume: Path | None = None) -> Path:
@@ -110,11 +82,6 @@ def is_rank_zero() -> bool:
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     return getattr(rank_zero_only, "rank", 0) == 0
-
-
-def print_findings(findings: list[checks.Finding]) -> None:
-    for finding in findings:
-        print(f"data check {finding.line()}", file=sys.stderr)
 
 
 def _worker_flow(spec: Spec, run_dir: Path, resume_from: Path | None) -> None:

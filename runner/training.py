@@ -23,10 +23,11 @@ from lightning.pytorch.callbacks import (
     TQDMProgressBar,
 )
 from lightning.pytorch.loggers import TensorBoardLogger
+from torch.utils.data import DataLoader, WeightedRandomSampler
 from torchmetrics.aggregation import MeanMetric
 from transformers import get_scheduler
 
-from runner.data import IGNORE_INDEX, FineTuneData
+from runner.data import IGNORE_INDEX, Collator, Encoder, TaskData
 from runner.model import causal_lm
 from runner.spec import Spec, TrainingSpec
 
@@ -52,6 +53,45 @@ def completion_logprobs(model: torch.nn.Module, batch: dict) -> torch.Tensor:
     losses, rows = completion_token_losses(model, batch)
     out = torch.zeros(batch["input_ids"].shape[0], device=losses.device)
     return out.index_add_(0, rows, -losses)
+
+
+class FineTuneData(L.LightningDataModule):
+    """Tokenised train/val sets of every task; training mixes tasks by their weights."""
+
+    def __init__(self, tasks: list[TaskData], encoder: Encoder, batch_size: int, num_workers: int, seed: int) -> None:
+        super().__init__()
+        self.task_names = [t.task.name for t in tasks]
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.collator = Collator(encoder.tokenizer.pad_token_id)
+        self.train_sets, self.val_sets = [], []
+        for index, t in enumerate(tasks):
+            add_eos = t.label_eos or not t.task.is_classification
+            self.train_sets.append([{**encoder.encode(e, add_eos), "task_index": index} for e in t.train])
+            self.val_sets.append([{**encoder.encode(e, add_eos), "task_index": index} for e in t.val])
+        self.weights = [t.task.weight for t in tasks]
+
+    @property
+    def train_rows(self) -> list[dict]:
+        return [row for rows in self.train_sets for row in rows]
+
+    def train_dataloader(self) -> DataLoader:
+        rows = self.train_rows
+        generator = torch.Generator().manual_seed(self.seed)
+        common = dict(batch_size=self.batch_size, collate_fn=self.collator, num_workers=self.num_workers)
+        if all(w is None for w in self.weights):
+            return DataLoader(rows, shuffle=True, generator=generator, **common)
+        # Mixture: task t gets share w_t of the samples; unweighted tasks keep their size share.
+        total = len(rows)
+        shares = [w if w is not None else len(s) / total for w, s in zip(self.weights, self.train_sets)]
+        per_row = [share / sum(shares) / len(s) for share, s in zip(shares, self.train_sets) for _ in s]
+        sampler = WeightedRandomSampler(per_row, num_samples=total, replacement=True, generator=generator)
+        return DataLoader(rows, sampler=sampler, **common)
+
+    def val_dataloader(self) -> DataLoader:
+        rows = [row for rows in self.val_sets for row in rows]
+        return DataLoader(rows, batch_size=self.batch_size, collate_fn=self.collator, num_workers=self.num_workers)
 
 
 class FineTuner(L.LightningModule):

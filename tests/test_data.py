@@ -13,7 +13,6 @@ from runner.data import (
     IGNORE_INDEX,
     Encoder,
     Example,
-    FineTuneData,
     TaskData,
     collate,
     prepare_task,
@@ -23,6 +22,7 @@ from runner.data import (
 from runner.errors import DataError
 from runner.model import byte_tokenizer
 from runner.spec import DataSource, load_spec
+from runner.training import FineTuneData
 
 
 def task_of(workdir: Path, **task_overrides):

@@ -1,0 +1,53 @@
+"""A run's inputs, everything before its model: the data read, templated and split once per
+source, the tokenizer, rows fitted to max_length, the data checks and the probes. `runner run`,
+`runner eval` and `runner preview` share this one code path; it loads no weights (and no
+Lightning), so `runner preview` answers in seconds.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from runner import checks
+from runner.data import Encoder, TaskData, prepare_data
+from runner.model import load_tokenizer
+from runner.spec import Spec
+from runner.truncation import Fitter, fit_tasks
+
+if TYPE_CHECKING:
+    from runner.probes import ProbeData
+
+
+@dataclass
+class Inputs:
+    """Everything a run needs before its model: checked data, probes, tokenizer and encoder."""
+
+    tasks: list[TaskData]
+    probes: list[ProbeData]
+    encoder: Encoder
+    fitter: Fitter
+    findings: list[checks.Finding]
+
+
+def prepare_inputs(spec: Spec, with_probes: bool = True, enforce_checks: bool = True) -> Inputs:
+    """Data (read, templated, split), the tokenizer, rows fitted to max_length, data checks and
+    probes. Raises DataError (exit 2) for bad rows or failing checks, before any run folder."""
+    tasks = prepare_data(spec)
+    probes = []
+    if with_probes:
+        from runner.probes import load_probe  # scoring code (and Lightning) only when probes are wanted
+
+        probes = [load_probe(p) for p in spec.evaluation.forgetting]
+    encoder = Encoder(load_tokenizer(spec.model.source), spec.model.max_length, spec.model.chat_template)
+    fitter = fit_tasks(tasks, encoder, spec.model.truncation)
+    findings = checks.run_checks(tasks, encoder, spec.data_checks)
+    if enforce_checks:
+        checks.raise_failures(findings, str(spec.source_path or spec.name))
+    return Inputs(tasks, probes, encoder, fitter, findings)
+
+
+def print_findings(findings: list[checks.Finding]) -> None:
+    for finding in findings:
+        print(f"data check {finding.line()}", file=sys.stderr)

@@ -16,9 +16,7 @@ import re
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 
-import jinja2.meta
-
-from runner.data import Encoder, Example, TaskData, load_template, render_example, template_environment
+from runner.data import Encoder, Example, TaskData, load_template, prompt_fields
 from runner.errors import DataError
 from runner.spec import DataChecksSpec
 from runner.truncation import prefix_labels
@@ -87,22 +85,9 @@ def as_report(findings: list[Finding], task: str) -> list[dict]:
 
 
 def prompt_variables(data: TaskData) -> list[str]:
-    """The row fields the prompt shows and the completion does not: each of the template's
-    variables is replaced by a marker in one row, and rendered to see where the marker lands."""
-    env = template_environment()
-    template = load_template(data.task.template)
-    variables = jinja2.meta.find_undeclared_variables(env.parse(data.task.template.read_text()))
+    """The row fields the prompt shows and the completion does not (judged on one row)."""
     example = next(iter(data.train + data.val + data.test))
-    marker = "\x00runner-field\x00"
-    found = []
-    for name in sorted(variables):
-        try:
-            prompt, completion = render_example(template, {**example.fields, name: marker})
-        except (ValueError, TypeError):  # a field the template computes with: not plain input text
-            continue
-        if marker in prompt and marker not in completion:
-            found.append(name)
-    return found
+    return prompt_fields(load_template(data.task.template), example.fields)
 
 
 def normalize(text: str) -> str:

@@ -149,6 +149,21 @@ def render_example(template: jinja2.Template, row: dict) -> tuple[str, str]:
     return prompt, completion
 
 
+def prompt_fields(template: jinja2.Template, row: dict) -> list[str]:
+    """The row fields a template shows in the prompt and not in the completion: each field is
+    replaced by a marker and the row rendered to see where the marker lands."""
+    marker = "\x00runner-field\x00"
+    found = []
+    for name in sorted(row):
+        try:
+            prompt, completion = render_example(template, {**row, name: marker})
+        except (ValueError, TypeError):  # a field the template computes with: not plain input text
+            continue
+        if marker in prompt and marker not in completion:
+            found.append(name)
+    return found
+
+
 def build_examples(task: TaskSpec, rows: list[tuple[int, dict]], where: str | None = None) -> list[Example]:
     """Template every (row number, row); collect every bad row and raise once, naming file, row and reason."""
     template = load_template(task.template)

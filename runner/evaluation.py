@@ -216,18 +216,19 @@ class Evaluator:
             room = max(len(self.encoder.completion_ids(label, add_eos)) for label in task.labels)
         else:
             room = 0
-        prompts, shots_used, shots_cut = [], [], 0
+        prompts, shots_used, shots_cut, query_cut = [], [], 0, []
         for e in examples:
             drawn = few_shot_examples(data.train, e, shots, seed)
             if drawn and self.fitter is not None:
-                used, ids = self.fitter.fit_shots(data, e, drawn, room)
+                used, ids, shortened = self.fitter.fit_shots(data, e, drawn, room)
             else:
-                used, ids = drawn, self.encoder.prompt_ids(e.prompt, drawn)
+                used, ids, shortened = drawn, self.encoder.prompt_ids(e.prompt, drawn), False
             prompts.append(ids)
             shots_used.append(len(used))
             shots_cut += sum(shot.truncated for shot in used)
+            query_cut.append(shortened)
         budget = self.encoder.max_length - room
-        cut = [len(p) > budget for p in prompts]
+        cut = [len(p) > budget or q for p, q in zip(prompts, query_cut)]
         prompts = [p[-budget:] for p in prompts]
         if task.is_classification:
             scores = self.label_scores(prompts, task.labels, add_eos=data.label_eos)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import jinja2
 
-from runner.data import Encoder, Example, TaskData, load_template, render_example
+from runner.data import Encoder, Example, TaskData, load_template, prompt_fields, render_example
 from runner.errors import DataError, TemplateError
 
 MARK = " … "
@@ -79,17 +79,22 @@ class Fitter:
             return None
         if self.policy == "left":
             return dataclasses.replace(example, truncated=True)  # cut when encoded
-        return self._shorten_fields(example, template, budget, length)
+        return self._shorten_fields(example, template, budget)
 
-    def _shorten_fields(self, example: Example, template: jinja2.Template, budget: int, length: int) -> Example:
+    def _shorten_fields(self, example: Example, template: jinja2.Template, budget: int) -> Example:
+        """Re-render the row from its original fields with its prompt fields cut to fit `budget`
+        prompt tokens (an already shortened example is cut again from its full text)."""
         tokenizer = self.encoder.tokenizer
         ids = {
-            key: tokenizer(value, add_special_tokens=False)["input_ids"]
-            for key, value in example.fields.items()
-            if isinstance(value, str) and value.strip() and value in example.prompt and value not in example.completion
+            key: tokenizer(example.fields[key], add_special_tokens=False)["input_ids"]
+            for key in prompt_fields(template, example.fields)
+            if isinstance(example.fields[key], str) and example.fields[key].strip()
         }
+        prompt, _ = render_example(template, example.fields)
+        length = len(self.encoder.prompt_ids(prompt))
+        if length <= budget:
+            return dataclasses.replace(example, prompt=prompt, truncated=False)
         need = length - budget
-        prompt = example.prompt
         for _ in range(ATTEMPTS):
             cap = max(token_cap(sorted(map(len, ids.values()), reverse=True), need), MIN_FIELD_TOKENS)
             fields = {**example.fields, **{k: middle_cut(tokenizer, v, cap) for k, v in ids.items() if len(v) > cap}}
@@ -103,10 +108,8 @@ class Fitter:
     def _check_fixed_part(self, data: TaskData, template: jinja2.Template) -> None:
         """The template's own text (instruction, framing) must fit: no field cut can help otherwise."""
         example = next(iter(data.train + data.val + data.test))
-        blank = {
-            k: "" if isinstance(v, str) and v in example.prompt and v not in example.completion else v
-            for k, v in example.fields.items()
-        }
+        shown = prompt_fields(template, example.fields)
+        blank = {k: "" if k in shown and isinstance(v, str) else v for k, v in example.fields.items()}
         try:
             prompt, _ = render_example(template, blank)
         except ValueError:  # a template that needs non-empty fields: measured per row instead
@@ -124,30 +127,43 @@ class Fitter:
 
     def fit_shots(
         self, data: TaskData, query: Example, shots: list[Example], room: int
-    ) -> tuple[list[Example], list[int]]:
-        """Few-shot prompt ids for `query` within max_length - `room`: each shot's fields are cut
-        to an equal share of the space the query leaves; shots that still do not fit are
-        dropped from the end. Returns the shots used and the prompt ids."""
+    ) -> tuple[list[Example], list[int], bool]:
+        """Few-shot prompt ids for `query` within max_length - `room`.
+
+        When the prompt does not fit whole, the query and the shots share the space: the query
+        gets at most an equal share (so long inputs still leave room for k shots), and each shot
+        an equal share of what the query leaves, their fields cut to fit; shots that still do
+        not fit are dropped from the end. Returns the shots used, the prompt ids, and whether
+        the query itself was shortened further.
+        """
         template = self.template(data.task.template)
         limit = self.encoder.max_length - room
         query_ids = self.encoder.prompt_ids(query.prompt)
         shots = list(shots)
+        ids = self.encoder.prompt_ids(query.prompt, shots)
+        if len(ids) <= limit:
+            return shots, ids, False
         while shots:
-            share = (limit - len(query_ids)) // len(shots)
+            asked, cut = query, False
+            equal = limit // (len(shots) + 1)
+            if self.policy == "fields" and len(query_ids) > equal:
+                asked = self._shorten_fields(query, template, equal)
+                cut = asked.prompt != query.prompt
+            asked_ids = self.encoder.prompt_ids(asked.prompt)
+            share = (limit - len(asked_ids)) // len(shots)
             fitted = []
             for shot in shots:
                 # A shot's cost is measured in place (its user and assistant turns), then its
                 # fields are cut by what it is over its share.
-                over = len(self.encoder.prompt_ids(query.prompt, [shot])) - len(query_ids) - share
+                over = len(self.encoder.prompt_ids(asked.prompt, [shot])) - len(asked_ids) - share
                 if over > 0 and self.policy == "fields":
-                    own = len(self.encoder.prompt_ids(shot.prompt))
-                    shot = self._shorten_fields(shot, template, own - over, own)
+                    shot = self._shorten_fields(shot, template, len(self.encoder.prompt_ids(shot.prompt)) - over)
                 fitted.append(shot)
-            ids = self.encoder.prompt_ids(query.prompt, fitted)
+            ids = self.encoder.prompt_ids(asked.prompt, fitted)
             if len(ids) <= limit:
-                return fitted, ids
+                return fitted, ids, cut
             shots.pop()
-        return [], query_ids
+        return [], query_ids, False
 
 
 def token_cap(lengths: list[int], need: int) -> int:

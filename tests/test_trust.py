@@ -22,9 +22,10 @@ from runner.cli import main
 from runner.data import prepare_data, splits_record
 from runner.errors import DataError, SpecError
 from runner.evaluation import Evaluator
+from runner.inputs import prepare_inputs
 from runner.model import random_tiny
 from runner.report import write_json
-from runner.run import make_datamodule, prepare_inputs
+from runner.run import make_datamodule
 from runner.spec import load_spec
 from runner.truncation import prefix_labels
 
@@ -336,6 +337,37 @@ def long_spec(workdir: Path, truncation: str | None = None, max_length: int = 12
     model = {"source": "random-tiny", "max_length": max_length, **({"truncation": truncation} if truncation else {})}
     raw = base_spec(model=model, tasks=[{**sentiment_task("data/long.jsonl"), "template": "long.jinja"}])
     return write_spec(workdir / "long.yaml", raw)
+
+
+def test_few_shot_on_long_rows_shares_the_room_so_shots_still_fit(workdir):
+    """Test prompts already filling max_length would leave no room for a shot: the query gets at
+    most an equal share, so k shots fit, each with its instruction and the start of its text."""
+    rows = [
+        {"text": f"START{i} " + ("blah " * (240 if i % 2 == 0 else 2)) + f"END{i}", "sentiment": LABELS[i % 2]}
+        for i in range(40)
+    ]
+    write_jsonl(workdir / "data" / "long.jsonl", rows)
+    (workdir / "templates" / "long.jinja").write_text(
+        f"{INSTRUCTION}\nReview: {{{{ text }}}}\n|||\n{{{{ sentiment }}}}\n"
+    )
+    model = {"source": "random-tiny", "max_length": 600}
+    raw = base_spec(model=model, tasks=[{**sentiment_task("data/long.jsonl"), "template": "long.jinja"}])
+    inputs = prepare_inputs(load_spec(write_spec(workdir / "long.yaml", raw)), with_probes=False)
+    [task] = inputs.tasks
+    long_queries = [e for e in task.test if e.truncated]
+    assert long_queries
+    for query in long_queries:
+        shots = [e for e in task.train if e.truncated][:3]
+        used, ids, shortened = inputs.fitter.fit_shots(task, query, shots, room=8)
+        seen = inputs.encoder.tokenizer.decode(ids)
+        assert len(used) == 3 and shortened and len(ids) <= 600 - 8
+        assert seen.count(INSTRUCTION) == 4, seen  # three shots and the query, each whole in its framing
+        for shot in used:
+            assert f"START{shot.row - 1} " in seen and " … " in shot.prompt
+        assert seen.endswith("<|im_start|>assistant\n")
+    short = next(e for e in task.test if not e.truncated)
+    used, ids, shortened = inputs.fitter.fit_shots(task, short, [e for e in task.train if not e.truncated][:3], 8)
+    assert not shortened and all(not e.truncated for e in used)  # what fits whole is not cut
 
 
 def test_fields_truncation_cuts_the_long_field_in_the_middle_and_keeps_the_instruction(workdir):

@@ -10,6 +10,7 @@ import contextlib
 import inspect
 import random
 import re
+import sys
 from collections import Counter
 from dataclasses import dataclass
 
@@ -43,6 +44,32 @@ class Evaluator:
     autocast_dtype: torch.dtype | None = None
     adapters_off: bool = False  # score a peft model as its base model, adapters disabled
     fitter: Fitter | None = None  # shortens few-shot examples to fit max_length
+    phase: str = "scoring"  # what the progress bar says is being scored
+
+    @contextlib.contextmanager
+    def describing(self, phase: str):
+        """Name what is scored inside the block, for the progress bar."""
+        previous, self.phase = self.phase, phase
+        try:
+            yield
+        finally:
+            self.phase = previous
+
+    def progress(self, total: int, unit: str = "row"):
+        """A progress bar on stderr: scoring a base model takes minutes and must not look hung.
+        Quiet for a single batch; in a log file it updates every 10 s instead of redrawing."""
+        from tqdm.auto import tqdm
+
+        tty = sys.stderr.isatty()
+        return tqdm(
+            total=total,
+            desc=self.phase,
+            unit=unit,
+            leave=False,
+            file=sys.stderr,
+            mininterval=0.5 if tty else 10.0,
+            disable=total <= self.batch_size,
+        )
 
     @contextlib.contextmanager
     def _inference(self):
@@ -74,12 +101,13 @@ class Evaluator:
         prompts = [p[-budget:] for p in prompts]
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         out: list[torch.Tensor] = [torch.empty(0)] * len(prompts)
-        with self._inference():
+        with self._inference(), self.progress(len(order)) as bar:
             for start in range(0, len(order), self.batch_size):
                 idx = order[start : start + self.batch_size]
                 scores = self._score_continuations([prompts[i] for i in idx], [candidates[i] for i in idx])
                 for i, s in zip(idx, scores):
                     out[i] = s
+                bar.update(len(idx))
         return out
 
     def label_scores(self, prompts: list[list[int]], labels: tuple[str, ...], add_eos: bool = False) -> torch.Tensor:
@@ -139,11 +167,12 @@ class Evaluator:
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
         out = torch.empty(len(rows))
         step = batch_size or self.batch_size
-        with self._inference():
+        with self._inference(), self.progress(len(order)) as bar:
             for start in range(0, len(order), step):
                 idx = order[start : start + step]
                 batch = {k: v.to(self.device) for k, v in collator([rows[i] for i in idx]).items()}
                 out[idx] = completion_logprobs(self.model, batch).float().cpu()
+                bar.update(len(idx))
         return out
 
     # --- generation ----------------------------------------------------------------------
@@ -153,20 +182,22 @@ class Evaluator:
         tokenizer = self.encoder.tokenizer
         prompts = [p[-self.encoder.max_length :] for p in prompts]
         answers = []
-        for start in range(0, len(prompts), self.batch_size):
-            # Left padding, so every row's next token follows its own prompt.
-            ids, mask = left_pad(prompts[start : start + self.batch_size], tokenizer.pad_token_id)
-            width = ids.shape[1]
-            with self._inference():
-                out = self.model.generate(
-                    input_ids=ids.to(self.device),
-                    attention_mask=mask.to(self.device),
-                    max_new_tokens=self.max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=tokenizer.eos_token_id,
-                )
-            answers += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+        with self.progress(len(prompts)) as bar:
+            for start in range(0, len(prompts), self.batch_size):
+                # Left padding, so every row's next token follows its own prompt.
+                ids, mask = left_pad(prompts[start : start + self.batch_size], tokenizer.pad_token_id)
+                width = ids.shape[1]
+                with self._inference():
+                    out = self.model.generate(
+                        input_ids=ids.to(self.device),
+                        attention_mask=mask.to(self.device),
+                        max_new_tokens=self.max_new_tokens,
+                        do_sample=False,
+                        pad_token_id=tokenizer.pad_token_id,
+                        eos_token_id=tokenizer.eos_token_id,
+                    )
+                answers += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+                bar.update(ids.shape[0])
         return [a.strip() for a in answers]
 
     # --- text: perplexity and drift ------------------------------------------------------

@@ -106,11 +106,13 @@ def drift(base: Evaluator, tuned: Evaluator, data: ProbeData) -> dict:
     total, tokens = 0.0, 0
     # Full-vocabulary log-probabilities of two models at once are large (a 384-token window
     # of a 49k vocabulary is 75 MB per model in fp32): a few windows at a time.
-    for start in range(0, len(windows), TEXT_WINDOWS):
-        chunk = windows[start : start + TEXT_WINDOWS]
-        kl = kl_divergence(base.next_token_logprobs(chunk), tuned.next_token_logprobs(chunk))
-        total += float(kl.sum())
-        tokens += kl.numel()
+    with tuned.progress(len(windows), unit="window") as bar:
+        for start in range(0, len(windows), TEXT_WINDOWS):
+            chunk = windows[start : start + TEXT_WINDOWS]
+            kl = kl_divergence(base.next_token_logprobs(chunk), tuned.next_token_logprobs(chunk))
+            total += float(kl.sum())
+            tokens += kl.numel()
+            bar.update(len(chunk))
     return {"kl_per_token": total / tokens, "tokens": tokens}
 
 

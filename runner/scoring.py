@@ -47,21 +47,28 @@ def score_base(evaluator: Evaluator, scoring: Scoring) -> None:
     for rung, few_shot in BASE_RUNGS.items():
         if rung in scoring.spec.evaluation.baselines:
             shots = scoring.spec.evaluation.few_shot_k if few_shot else 0
-            score_tasks(rung, scoring, lambda data, k=shots: evaluator.evaluate(data, shots=k, seed=scoring.spec.seed))
+            score_tasks(
+                rung,
+                scoring,
+                lambda data, k=shots: evaluator.evaluate(data, shots=k, seed=scoring.spec.seed),
+                evaluator,
+            )
     for p in scoring.probes:
         if p.probe.kind != "drift":
-            scoring.probes_before[p.probe.name] = run_probe(evaluator, p)
+            with evaluator.describing(f"base, probe {p.probe.name}"):
+                scoring.probes_before[p.probe.name] = run_probe(evaluator, p)
 
 
 def score_tuned(evaluator: Evaluator, base: Evaluator, scoring: Scoring) -> None:
     """The fine-tuned model: its rung, every probe's 'after', and drift from the base."""
     if "fine_tuned" in scoring.spec.evaluation.baselines:
-        score_tasks("fine_tuned", scoring, lambda data: evaluator.evaluate(data, seed=scoring.spec.seed))
+        score_tasks("fine_tuned", scoring, lambda data: evaluator.evaluate(data, seed=scoring.spec.seed), evaluator)
     for p in scoring.probes:
-        if p.probe.kind == "drift":
-            scoring.drift[p.probe.name] = drift(base, evaluator, p)
-        else:
-            scoring.probes_after[p.probe.name] = run_probe(evaluator, p)
+        with evaluator.describing(f"fine-tuned, probe {p.probe.name}"):
+            if p.probe.kind == "drift":
+                scoring.drift[p.probe.name] = drift(base, evaluator, p)
+            else:
+                scoring.probes_after[p.probe.name] = run_probe(evaluator, p)
 
 
 def base_evaluator(tuned: Evaluator, base_copy: torch.nn.Module | None) -> Evaluator:
@@ -71,12 +78,13 @@ def base_evaluator(tuned: Evaluator, base_copy: torch.nn.Module | None) -> Evalu
     return dataclasses.replace(tuned, adapters_off=True)
 
 
-def score_tasks(rung: str, scoring: Scoring, score) -> None:
+def score_tasks(rung: str, scoring: Scoring, score, evaluator: Evaluator | None = None) -> None:
     """Score every task's test split with one rung (`score(data) -> (metrics, records)`);
     append its predictions to predictions.jsonl."""
     with open(scoring.run_dir / "predictions.jsonl", "a") as f:
         for data in scoring.tasks:
-            metrics, records = score(data)
+            with evaluator.describing(f"{rung}, {data.task.name}") if evaluator else contextlib.nullcontext():
+                metrics, records = score(data)
             entry = scoring.report["tasks"][data.task.name]
             entry.setdefault("test", {})[rung] = metrics
             for r in records:

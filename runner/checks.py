@@ -1,10 +1,10 @@
 """Data checks run on every task before any model loads: duplicates, leaks, conflicts,
 imbalance, truncation, short completions, prefix labels.
 
-A row's *input* is what the model is asked about: the values of the template's prompt variables
-(the variables before `|||`, minus any that also feed the completion), case-folded with
-whitespace collapsed; or its `group_by` value when the source has one. Comparing inputs rather
-than rendered prompts finds leaks across tasks whose templates word the question differently.
+A row's *input* is what the model is asked about: the values of the fields the template shows
+in the prompt and not in the completion (found by rendering, `data.prompt_fields`), case-folded
+with whitespace collapsed. Comparing inputs rather than rendered prompts finds leaks across tasks
+whose templates word the question differently. Leaks also compare the source's `group_by` value.
 
 Each finding has a severity: `fail` stops the run (exit 2, rows named, no run folder), `warn`
 goes to the report and the terminal, `info` says what runner did about it.
@@ -86,8 +86,7 @@ def as_report(findings: list[Finding], task: str) -> list[dict]:
 
 def prompt_variables(data: TaskData) -> list[str]:
     """The row fields the prompt shows and the completion does not (judged on one row)."""
-    example = next(iter(data.train + data.val + data.test))
-    return prompt_fields(load_template(data.task.template), example.fields)
+    return prompt_fields(load_template(data.task.template), data.examples()[0].fields)
 
 
 def normalize(text: str) -> str:
@@ -97,10 +96,7 @@ def normalize(text: str) -> str:
 def input_keys(data: TaskData) -> dict[int, str]:
     """id(example) -> its normalised input: the prompt variables' values."""
     variables = prompt_variables(data)
-    return {
-        id(e): " \x1f ".join(normalize(e.fields.get(v, "")) for v in variables)
-        for e in data.train + data.val + data.test
-    }
+    return {id(e): " \x1f ".join(normalize(e.fields.get(v, "")) for v in variables) for e in data.examples()}
 
 
 def group_keys(data: TaskData) -> dict[int, str]:
@@ -108,8 +104,7 @@ def group_keys(data: TaskData) -> dict[int, str]:
     group = data.task.data.group_by
     if group is None:
         return {}
-    examples = data.train + data.val + data.test
-    return {id(e): f"group:{normalize(e.fields[group])}" for e in examples if e.fields.get(group) is not None}
+    return {id(e): f"group:{normalize(e.fields[group])}" for e in data.examples() if e.fields.get(group) is not None}
 
 
 def _where(t: TaskData, split: str, e: Example) -> str:

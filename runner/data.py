@@ -64,6 +64,16 @@ class TaskData:
             for name, rows in self.splits().items()
         }
 
+    def examples(self) -> list[Example]:
+        """Every example of the task: train, val, then test."""
+        return self.train + self.val + self.test
+
+    @property
+    def completion_eos(self) -> bool:
+        """Whether completions end with the end token: free text (generation learns to stop), and
+        labels of a set where one label's tokens begin another's."""
+        return self.label_eos or not self.task.is_classification
+
     def truncated_counts(self) -> dict[str, int]:
         return {name: sum(e.truncated for e in rows) for name, rows in self.splits().items()}
 
@@ -453,6 +463,10 @@ class Encoder:
         text = completion if self.use_chat else " " + completion
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return ids + [self.tokenizer.eos_token_id] if add_eos else ids
+
+    def label_room(self, labels: tuple[str, ...], add_eos: bool) -> int:
+        """Tokens after the prompt that every label needs: the longest label's."""
+        return max(len(self.completion_ids(label, add_eos)) for label in labels)
 
     def encode(self, example: Example, add_eos: bool) -> dict:
         prompt = self.prompt_ids(example.prompt)

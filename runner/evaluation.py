@@ -240,13 +240,9 @@ class Evaluator:
         the left and counted.
         """
         task, examples = data.task, data.test
-        add_eos = data.label_eos or not task.is_classification
         # Room after the prompt: every label is scored there; a generated answer may run past
         # max_length (positions beyond it are the model's to handle), so it needs none.
-        if task.is_classification:
-            room = max(len(self.encoder.completion_ids(label, add_eos)) for label in task.labels)
-        else:
-            room = 0
+        room = self.encoder.label_room(task.labels, data.completion_eos) if task.is_classification else 0
         prompts, shots_used, shots_cut, query_cut = [], [], 0, []
         for e in examples:
             drawn = few_shot_examples(data.train, e, shots, seed)

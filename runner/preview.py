@@ -30,9 +30,8 @@ def preview(spec: Spec, rows: int, split: str, as_json: bool) -> str:
 
 def row_record(inputs: Inputs, data: TaskData, split: str, example: Example) -> dict:
     encoder = inputs.encoder
-    add_eos = data.label_eos or not data.task.is_classification
     cuts_before = encoder.cuts
-    encoded = encoder.encode(example, add_eos)
+    encoded = encoder.encode(example, data.completion_eos)
     ids, labels = encoded["input_ids"], encoded["labels"]
     start = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(ids))
     tokenizer = encoder.tokenizer
@@ -64,10 +63,9 @@ def row_text(record: dict) -> str:
 def summary_text(inputs: Inputs, spec: Spec) -> str:
     lines = [f"Tokens per row (prompt + completion, as trained; {LOSS_OPEN}…{LOSS_CLOSE} marks the loss tokens above):"]
     for data in inputs.tasks:
-        add_eos = data.label_eos or not data.task.is_classification
         lines.append(f"task {data.task.name}: {data.task.data.describe()}")
         for name, examples in data.splits().items():
-            lengths = [len(inputs.encoder.encode(e, add_eos)["input_ids"]) for e in examples]
+            lengths = [len(inputs.encoder.encode(e, data.completion_eos)["input_ids"]) for e in examples]
             truncated = sum(e.truncated for e in examples)
             lines.append(
                 f"  {name:<5} {len(examples):>6} rows  tokens min {min(lengths)}, median {statistics.median(lengths):g}, "

@@ -67,7 +67,7 @@ class FineTuneData(L.LightningDataModule):
         self.collator = Collator(encoder.tokenizer.pad_token_id)
         self.train_sets, self.val_sets = [], []
         for index, t in enumerate(tasks):
-            add_eos = t.label_eos or not t.task.is_classification
+            add_eos = t.completion_eos
             self.train_sets.append([{**encoder.encode(e, add_eos), "task_index": index} for e in t.train])
             self.val_sets.append([{**encoder.encode(e, add_eos), "task_index": index} for e in t.val])
         self.weights = [t.task.weight for t in tasks]

@@ -39,28 +39,26 @@ class Fitter:
             self._templates[path] = load_template(path)
         return self._templates[path]
 
-    def completion_room(self, data: TaskData, example: Example | None = None) -> int:
+    def completion_room(self, data: TaskData, example: Example) -> int:
         """Tokens the completion needs: the longest label for classification (every label is
         scored after the prompt), else the example's own completion."""
-        add_eos = data.label_eos or not data.task.is_classification
         if data.task.is_classification:
-            return max(len(self.encoder.completion_ids(label, add_eos)) for label in data.task.labels)
-        return len(self.encoder.completion_ids(example.completion, add_eos)) if example else 0
+            return self.encoder.label_room(data.task.labels, data.completion_eos)
+        return len(self.encoder.completion_ids(example.completion, data.completion_eos))
 
     def fit_task(self, data: TaskData) -> None:
         """Shorten, in place, every example of a task that does not fit; raise for the
         template's fixed text alone being too long, or for rows under policy `error`."""
         template = self.template(data.task.template)
         self._check_fixed_part(data, template)
+        labels_room = self.encoder.label_room(data.task.labels, data.completion_eos) if data.task.labels else None
         problems = []
         for name, examples in data.splits().items():
             for i, example in enumerate(examples):
-                budget = self.encoder.max_length - min(
-                    self.completion_room(data, example), self.encoder.max_length // 2
-                )
-                fitted = self.fit(example, template, budget)
+                room = labels_room if labels_room is not None else self.completion_room(data, example)
+                fitted = self.fit(example, template, self.encoder.max_length - min(room, self.encoder.max_length // 2))
                 if fitted is None:
-                    length = len(self.encoder.prompt_ids(example.prompt)) + self.completion_room(data, example)
+                    length = len(self.encoder.prompt_ids(example.prompt)) + room
                     problems.append(
                         f"{name} row {example.row}: {length} tokens, more than model.max_length "
                         f"{self.encoder.max_length} (model.truncation is 'error')."
@@ -107,7 +105,7 @@ class Fitter:
 
     def _check_fixed_part(self, data: TaskData, template: jinja2.Template) -> None:
         """The template's own text (instruction, framing) must fit: no field cut can help otherwise."""
-        example = next(iter(data.train + data.val + data.test))
+        example = data.examples()[0]
         shown = prompt_fields(template, example.fields)
         blank = {k: "" if k in shown and isinstance(v, str) else v for k, v in example.fields.items()}
         try:

@@ -490,7 +490,8 @@ class Encoder:
 
 
 def collate(features: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a batch to its longest row (dynamic padding)."""
+    """Left-pad a batch to its longest row (dynamic padding). Every row ends in the last column,
+    so its completion does too: one `logits_to_keep` window covers all rows' targets."""
     width = max(len(f["input_ids"]) for f in features)
     batch = {
         "input_ids": torch.full((len(features), width), pad_id, dtype=torch.long),
@@ -500,9 +501,9 @@ def collate(features: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     }
     for i, f in enumerate(features):
         n = len(f["input_ids"])
-        batch["input_ids"][i, :n] = torch.tensor(f["input_ids"])
-        batch["labels"][i, :n] = torch.tensor(f["labels"])
-        batch["attention_mask"][i, :n] = 1
+        batch["input_ids"][i, width - n :] = torch.tensor(f["input_ids"])
+        batch["labels"][i, width - n :] = torch.tensor(f["labels"])
+        batch["attention_mask"][i, width - n :] = 1
     return batch
 
 

@@ -7,7 +7,6 @@ probe goes through the same `Evaluator`, so the numbers are comparable by constr
 from __future__ import annotations
 
 import contextlib
-import inspect
 import random
 import re
 import sys
@@ -25,8 +24,7 @@ from torchmetrics.functional.classification import (
 )
 
 from runner.data import Collator, Encoder, Example, TaskData
-from runner.model import causal_lm
-from runner.training import completion_logprobs
+from runner.forward import completion_logprobs, forward, output_cache
 from runner.truncation import Fitter
 
 TEXT_WINDOWS = 2  # windows per forward pass for perplexity and drift
@@ -117,15 +115,12 @@ class Evaluator:
         return torch.stack(self.candidate_scores(prompts, [label_ids] * len(prompts)))
 
     def _score_continuations(self, prompts: list[list[int]], candidates: list[list[list[int]]]) -> list[torch.Tensor]:
-        lm = causal_lm(self.model)
-        decoder, head = lm.get_decoder(), lm.get_output_embeddings()
         pad = self.encoder.tokenizer.pad_token_id
         # Left padding: every prompt ends in the last column, where its first candidate token is scored.
         ids, mask = left_pad(prompts, pad)
         ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        prompt_out = decoder(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        first = torch.log_softmax(head(prompt_out.last_hidden_state[:, -1]).float(), dim=-1)
+        prompt_out = forward(self.model, keep=1, input_ids=ids, attention_mask=mask, use_cache=True)
+        first = torch.log_softmax(prompt_out.logits[:, -1].float(), dim=-1)
 
         owner = [i for i, cands in enumerate(candidates) for _ in cands]  # prompt of each flat row
         flat = [c for cands in candidates for c in cands]
@@ -140,18 +135,20 @@ class Evaluator:
                 targets[j, : len(tokens) - 1] = torch.tensor(tokens[1:])
             inputs, targets = inputs.to(self.device), targets.to(self.device)
             rows = torch.tensor(owner, device=self.device)
-            cache = _output_cache(prompt_out)
+            cache = output_cache(prompt_out)
             cache.batch_select_indices(rows)
             full_mask = torch.cat([mask[rows], torch.ones_like(inputs)], dim=1)
             cont_positions = mask.sum(-1, keepdim=True)[rows] + torch.arange(steps, device=self.device)
-            hidden = decoder(
+            logits = forward(
+                self.model,
                 input_ids=inputs,
                 attention_mask=full_mask,
                 position_ids=cont_positions,
-                **{_cache_kwarg(decoder): cache},
-            ).last_hidden_state
+                cache=cache,
+                use_cache=True,
+            ).logits
             valid = targets >= 0
-            logprobs = torch.log_softmax(head(hidden[valid]).float(), dim=-1)
+            logprobs = torch.log_softmax(logits[valid].float(), dim=-1)
             picked = logprobs.gather(-1, targets[valid].unsqueeze(-1)).squeeze(-1)
             scores = scores.index_add(0, valid.nonzero()[:, 0], picked)
         scores = scores.float().cpu()
@@ -219,16 +216,13 @@ class Evaluator:
 
     def next_token_logprobs(self, windows: list[list[int]]) -> torch.Tensor:
         """[tokens, vocab] next-token log-probabilities at every predicted position of the windows."""
-        lm = causal_lm(self.model)
         collator = Collator(self.encoder.tokenizer.pad_token_id)
         batch = collator([{"input_ids": w, "labels": w} for w in windows])
         batch = {k: v.to(self.device) for k, v in batch.items()}
         with self._inference():
-            hidden = lm.get_decoder()(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-            ).last_hidden_state
-            keep = batch["attention_mask"][:, 1:].bool()
-            return torch.log_softmax(lm.get_output_embeddings()(hidden[:, :-1][keep]).float(), dim=-1)
+            logits = forward(self.model, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            keep = batch["attention_mask"][:, 1:].bool() & batch["attention_mask"][:, :-1].bool()
+            return torch.log_softmax(logits[:, :-1][keep].float(), dim=-1)
 
     # --- a task's test split ---------------------------------------------------------------
 
@@ -315,16 +309,6 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
         ids[i, width - len(p) :] = torch.tensor(p)
         mask[i, width - len(p) :] = 1
     return ids, mask
-
-
-def _cache_kwarg(decoder: torch.nn.Module) -> str:
-    """transformers renamed `past_key_values` to `cache` (5.x); pass whichever this version takes."""
-    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
-
-
-def _output_cache(output):
-    cache = getattr(output, "cache", None)
-    return cache if cache is not None else output.past_key_values
 
 
 def few_shot_examples(train: list[Example], example: Example, k: int, seed: int) -> list[Example]:

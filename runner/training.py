@@ -1,8 +1,7 @@
 """Training: a LightningModule around any causal LM, and the Trainer that fits it.
 
-Loss is cross-entropy on completion tokens only. The vocabulary head is applied only at the
-positions that carry a label: with a 49k vocabulary it is a large share of the compute and
-most of the activation memory, and a classification completion is one or two tokens.
+Loss is cross-entropy on completion tokens only, through the model's own forward with the
+vocabulary head applied only at completion positions (`runner.forward`).
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.callbacks import (
     EarlyStopping,
     LearningRateMonitor,
@@ -27,32 +25,11 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from torchmetrics.aggregation import MeanMetric
 from transformers import get_scheduler
 
-from runner.data import IGNORE_INDEX, Collator, Encoder, TaskData
-from runner.model import causal_lm
+from runner.data import Collator, Encoder, TaskData
+from runner.forward import completion_token_losses
 from runner.spec import Spec, TrainingSpec
 
 MONITOR = "val/loss"
-
-
-def completion_token_losses(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token losses at completion positions, and the batch row each token belongs to."""
-    lm = causal_lm(model)
-    hidden = lm.get_decoder()(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-    ).last_hidden_state
-    targets = batch["labels"][:, 1:]
-    mask = targets != IGNORE_INDEX
-    logits = lm.get_output_embeddings()(hidden[:, :-1][mask]).float()
-    losses = F.cross_entropy(logits, targets[mask], reduction="none")
-    rows = mask.nonzero()[:, 0]
-    return losses, rows
-
-
-def completion_logprobs(model: torch.nn.Module, batch: dict) -> torch.Tensor:
-    """Summed log-probability of each row's completion tokens given its prompt."""
-    losses, rows = completion_token_losses(model, batch)
-    out = torch.zeros(batch["input_ids"].shape[0], device=losses.device)
-    return out.index_add_(0, rows, -losses)
 
 
 class FineTuneData(L.LightningDataModule):

@@ -143,11 +143,11 @@ def test_encoder_cuts_what_still_does_not_fit_from_the_prompt_start_and_counts_i
     assert encoder.cuts == 1
 
 
-def test_collate_pads_dynamically_and_masks_padding():
+def test_collate_left_pads_dynamically_and_masks_padding():
     batch = collate([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [5], "labels": [5]}], pad_id=0)
-    assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 0, 0]]
-    assert batch["labels"].tolist() == [[-100, 6, 7], [5, -100, -100]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [0, 0, 5]]
+    assert batch["labels"].tolist() == [[-100, 6, 7], [-100, -100, 5]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
 
 
 def test_mixture_weights_set_each_tasks_share_of_samples(workdir):

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from runner.data import Encoder, Example, collate
 from runner.evaluation import Evaluator, classification_metrics, normalize_answer
+from runner.forward import completion_logprobs
 from runner.model import random_tiny
-from runner.training import completion_logprobs
 
 
 def test_classification_metrics_match_hand_computation():
@@ -74,3 +74,57 @@ def test_label_scoring_picks_the_most_likely_label():
             single = evaluator.sequence_logprobs([row])[0]
             assert scores[i, j] == pytest.approx(float(single), abs=1e-4)
     assert model.training  # evaluation restores the train/eval mode it found
+
+
+def direct_completion_logprob(model, row) -> float:
+    """Log-probability of a row's completion from the model's full logits, one row at a time."""
+    ids = torch.tensor([row["input_ids"]])
+    logprobs = F.log_softmax(model(ids).logits[0, :-1].float(), dim=-1)
+    targets = ids[0, 1:]
+    keep = torch.tensor(row["labels"][1:]) != -100
+    return float(logprobs[torch.arange(len(targets)), targets][keep].sum())
+
+
+def test_scores_go_through_the_models_own_forward():
+    """What a model does in its forward (here: its logits halved, as a temperature or softcap
+    would) is part of the loss and of label scores, not skipped by calling its layers directly."""
+    model, tokenizer = random_tiny(seed=3)
+    model.eval()
+    encoder = Encoder(tokenizer, max_length=64, chat_template=False)
+    rows = [encoder.encode(Example("t", i, "q" * (5 + 7 * i), "yes"), add_eos=False) for i in range(3)]
+    batch = collate(rows, tokenizer.pad_token_id)
+    with torch.no_grad():
+        plain = completion_logprobs(model, batch)
+        model.register_forward_hook(lambda module, args, output: output.__setitem__("logits", output.logits * 0.5))
+        scaled = completion_logprobs(model, batch)
+        for i, row in enumerate(rows):
+            assert scaled[i] == pytest.approx(direct_completion_logprob(model, row), abs=1e-4)
+    assert not torch.allclose(plain, scaled)
+    evaluator = Evaluator(model, encoder, batch_size=2, max_new_tokens=4, device=torch.device("cpu"))
+    prompts = [encoder.prompt_ids("q" * (5 + 7 * i)) for i in range(3)]
+    scores = evaluator.label_scores(prompts, ("yes",))
+    assert scores[:, 0].tolist() == pytest.approx(scaled.tolist(), abs=1e-4)
+
+
+def test_prompt_tuning_virtual_tokens_are_part_of_the_loss():
+    """A peft method that prepends virtual tokens in its forward: the completion window counted
+    from the end still lands on the completion tokens. (peft places prompt-learning positions
+    itself: left padding moves the padded rows' positions relative to the virtual tokens, so
+    only the longest row, unpadded, matches to float precision.)"""
+    from peft import PromptTuningConfig, get_peft_model
+
+    model, tokenizer = random_tiny(seed=4)
+    peft_model = get_peft_model(model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5))
+    peft_model.eval()
+    encoder = Encoder(tokenizer, max_length=64, chat_template=False)
+    rows = [encoder.encode(Example("t", i, "p" * (3 + 5 * i), "no"), add_eos=True) for i in range(3)]
+    batch = collate(rows, tokenizer.pad_token_id)
+    with torch.no_grad():
+        batched = completion_logprobs(peft_model, batch)
+        for i, row in enumerate(rows):
+            ids = torch.tensor([row["input_ids"]])
+            logits = peft_model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -ids.shape[1] : -1]
+            logprobs = F.log_softmax(logits.float(), dim=-1)
+            keep = torch.tensor(row["labels"][1:]) != -100
+            direct = logprobs[torch.arange(ids.shape[1] - 1), ids[0, 1:]][keep].sum()
+            assert batched[i] == pytest.approx(float(direct), abs=1e-4 if i == 2 else 1e-2)

@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from runner.data import Collator, Encoder, prepare_task
+from runner.forward import completion_token_losses
 from runner.model import apply_method, load_model
 from runner.spec import load_spec
-from runner.training import completion_token_losses, cpu_has_fast_bf16
+from runner.training import cpu_has_fast_bf16
 
 PROJECT = Path(__file__).resolve().parents[2]
 

@@ -22,21 +22,24 @@ report.json, schema_version 3:
                     ci95 {metric: [low, high]} (seeded bootstrap over test rows); base_few_shot:
                     few_shot_k (shots per prompt on average, after dropping what did not fit),
                     shots_truncated (shots whose fields were shortened);
-                    majority: answer
+                    majority: answer; a base rung reused from the score cache: cached
+                    (its fingerprint; runner.cache)
     deltas          {"fine_tuned - base_zero_shot": {metric: {delta, ci95, excludes_zero}}, ...}
                     (paired bootstrap: both rungs on the same resampled rows)
     samples         a few fine-tuned predictions {row, gold, prediction, correct}
   forgetting.<probe>  {kind, metric, before, after, delta, retention, higher_is_better,
                     delta_ci95, excludes_zero (item-level probes), details_before, details_after};
                     retention = after / before for accuracies, before / after for perplexity
-                    (1.0 = unchanged, below 1 = worse); drift probes: {kind, metric:
+                    (1.0 = unchanged, below 1 = worse); details_before.cached: the score
+                    cache fingerprint when reused; drift probes: {kind, metric:
                     "kl_per_token", value, tokens} (0 = unchanged)
   forgetting_summary  one sentence a reader can act on
-  training          {epochs_run, best_epoch, best_val_loss, stopped_early, global_steps,
+  training          {epochs_run, best_epoch, best_val_loss, stopped_early, stopped_by_time, global_steps,
                      best_checkpoint, epochs: [{epoch, train_loss, val_loss}]}
   cost              {train_seconds, trainable_params, total_params, peak_rss_mb,
                      tokens_per_second, train_tokens, checkpoint_mb, score_base_seconds,
-                     score_tuned_seconds}
+                     score_tuned_seconds, score_base_cached (base units reused from the score
+                     cache; absent when the cache is off)}
 """
 
 from __future__ import annotations
@@ -254,6 +257,18 @@ def document(report: dict, images: dict[str, str]) -> list[tuple]:
                 f"(val loss {_num(training['best_val_loss'])}); stopped early: {training['stopped_early']}.",
             )
         )
+        if training.get("stopped_by_time"):
+            blocks.append(
+                (
+                    "p",
+                    f"Training stopped at its time budget (training.max_time) after {training['global_steps']} steps; "
+                    + (
+                        "the best checkpoint so far was scored."
+                        if training.get("best_checkpoint")
+                        else "no validation had run yet, so the last weights were scored."
+                    ),
+                )
+            )
         if overfitting(training["epochs"]):
             blocks.append(
                 (
@@ -267,7 +282,6 @@ def document(report: dict, images: dict[str, str]) -> list[tuple]:
         blocks.append(("table", ["epoch", "train loss", "val loss"], rows))
     cost = report.get("cost")
     if cost:
-        blocks.append(("h2", "Cost"))
         rows = []
         if "train_seconds" in cost:
             rows.append(["train time", f"{cost['train_seconds']:.0f} s"])
@@ -290,7 +304,10 @@ def document(report: dict, images: dict[str, str]) -> list[tuple]:
                     f"{_seconds(cost.get('score_base_seconds'))} / {_seconds(cost.get('score_tuned_seconds'))}",
                 ]
             )
-        blocks.append(("table", ["", ""], rows))
+        if cost.get("score_base_cached"):
+            rows.append(["base scores reused from cache", f"{cost['score_base_cached']} (see the note above)"])
+        if rows:
+            blocks += [("h2", "Cost"), ("table", ["", ""], rows)]
     return blocks
 
 
@@ -335,6 +352,8 @@ def task_blocks(name: str, task: dict, images: dict[str, str]) -> list[tuple]:
                     title += f" (k = {m['few_shot_k']:g} on average, {m.get('shots_truncated', 0)} shots shortened)"
                 if rung == "majority" and "answer" in m:
                     title += f": always {m['answer']!r}"
+                if m.get("cached"):
+                    title += " (cached)"
                 rows.append(
                     [
                         title,
@@ -389,6 +408,7 @@ def forgetting_blocks(report: dict, images: dict[str, str]) -> list[tuple]:
         ci = e.get("delta_ci95")
         chance = e["details_before"].get("chance")
         before = f"{e['before']:.4f}" + (f" (chance {chance:.2f})" if chance else "")
+        before += " (cached)" if e["details_before"].get("cached") else ""
         rows.append(
             [
                 name,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from runner import checks
+from runner import cache, checks
 from runner import report as reporting
 from runner.data import Encoder, TaskData
 from runner.evaluation import Evaluator, majority_baseline
@@ -38,25 +38,105 @@ class Scoring:
     probes_before: dict[str, tuple[dict, torch.Tensor | None]] = field(default_factory=dict)
     probes_after: dict[str, tuple[dict, torch.Tensor | None]] = field(default_factory=dict)
     drift: dict[str, dict] = field(default_factory=dict)
+    cached: dict[str, str] = field(default_factory=dict)  # base unit ("task rung", "probe name") -> fingerprint
 
 
 def score_base(evaluator: Evaluator, scoring: Scoring) -> None:
-    """The untouched model: majority, zero-shot and few-shot rungs, and every probe's 'before'."""
-    if "majority" in scoring.spec.evaluation.baselines:
+    """The untouched model: majority, zero-shot and few-shot rungs, and every probe's 'before'.
+
+    Zero-shot, few-shot and probe results come from the score cache when an earlier run scored
+    the same model on the same rows with the same settings and code (runner.cache); the cheap
+    majority rung is always computed."""
+    spec = scoring.spec
+    cacheable = any(r in spec.evaluation.baselines for r in BASE_RUNGS) or any(
+        p.probe.kind != "drift" for p in scoring.probes
+    )
+    use_cache = cacheable and cache.enabled(spec.evaluation.cache)
+    context = cache.context_parts(spec, evaluator) if use_cache else None
+    if "majority" in spec.evaluation.baselines:
         score_tasks("majority", scoring, majority_baseline)
     for rung, few_shot in BASE_RUNGS.items():
-        if rung in scoring.spec.evaluation.baselines:
-            shots = scoring.spec.evaluation.few_shot_k if few_shot else 0
-            score_tasks(
-                rung,
-                scoring,
-                lambda data, k=shots: evaluator.evaluate(data, shots=k, seed=scoring.spec.seed),
-                evaluator,
-            )
+        if rung in spec.evaluation.baselines:
+            shots = spec.evaluation.few_shot_k if few_shot else 0
+
+            def score(data: TaskData, k: int = shots) -> tuple[dict, list[dict]]:
+                return evaluator.evaluate(data, shots=k, seed=spec.seed)
+
+            if context is not None:
+                score = _cached_rung(scoring, context, rung, shots, score)
+            score_tasks(rung, scoring, score, evaluator)
     for p in scoring.probes:
         if p.probe.kind != "drift":
-            with evaluator.describing(f"base, probe {p.probe.name}"):
-                scoring.probes_before[p.probe.name] = run_probe(evaluator, p)
+            scoring.probes_before[p.probe.name] = _probe_before(evaluator, scoring, p, context)
+    if use_cache:
+        _note_cached(scoring)
+
+
+def _cached_rung(scoring: Scoring, context: dict, rung: str, shots: int, score):
+    """`score` behind the cache: a stored (metrics, records) for this rung and task, else
+    scored and stored. A hit's metrics carry `cached: <fingerprint>`."""
+
+    def cached_score(data: TaskData) -> tuple[dict, list[dict]]:
+        key = cache.fingerprint({"context": context, **cache.task_parts(data, rung, shots)})
+        hit = cache.load(key)
+        if _is_rung_entry(hit, len(data.test)):
+            scoring.cached[f"{data.task.name} {rung}"] = key
+            return {**hit["metrics"], "cached": key}, hit["records"]
+        metrics, records = score(data)
+        about = {"task": data.task.name, "rung": rung, **_about(scoring.spec)}
+        cache.store(key, {"metrics": metrics, "records": records}, about)
+        return metrics, records
+
+    return cached_score
+
+
+def _is_rung_entry(hit: dict | None, n: int) -> bool:
+    """A usable cached rung: metrics, and one record per test row with what score_tasks reads."""
+    return (
+        hit is not None
+        and isinstance(hit.get("metrics"), dict)
+        and isinstance(hit.get("records"), list)
+        and len(hit["records"]) == n
+        and all(isinstance(r, dict) and {"correct", "prediction", "gold"} <= r.keys() for r in hit["records"])
+    )
+
+
+def _probe_before(
+    evaluator: Evaluator, scoring: Scoring, p: ProbeData, context: dict | None
+) -> tuple[dict, torch.Tensor | None]:
+    """A probe's result on the base model: from the cache (metrics carry `cached: <fingerprint>`),
+    else scored, and stored when the cache is on."""
+    key = cache.fingerprint({"context": context, **cache.probe_parts(p)}) if context is not None else None
+    hit = cache.load(key) if key is not None else None
+    if (
+        hit is not None
+        and isinstance(hit.get("metrics"), dict)
+        and isinstance(hit.get("items"), (torch.Tensor, type(None)))
+    ):
+        scoring.cached[f"probe {p.probe.name}"] = key
+        return {**hit["metrics"], "cached": key}, hit["items"]
+    with evaluator.describing(f"base, probe {p.probe.name}"):
+        metrics, items = run_probe(evaluator, p)
+    if key is not None:
+        cache.store(key, {"metrics": metrics, "items": items}, {"probe": p.probe.name, **_about(scoring.spec)})
+    return metrics, items
+
+
+def _about(spec: Spec) -> dict:
+    """For a person browsing the cache folder: what an entry was scored from."""
+    return {"spec": spec.name, "model": spec.model.source}
+
+
+def _note_cached(scoring: Scoring) -> None:
+    report = scoring.report
+    report.setdefault("cost", {})["score_base_cached"] = len(scoring.cached)
+    if scoring.cached:
+        units = ", ".join(f"{unit} ({key})" for unit, key in scoring.cached.items())
+        report.setdefault("notes", []).append(
+            f"Base scores reused from cache (fingerprint per unit): {units}. They were scored by an earlier run "
+            f"of the same model, rows, settings and code; set evaluation.cache: false or {cache.NO_CACHE_ENV}=1 "
+            "to score afresh."
+        )
 
 
 def score_tuned(evaluator: Evaluator, base: Evaluator, scoring: Scoring) -> None:

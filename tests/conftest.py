@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,15 +29,29 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def score_cache(tmp_path_factory) -> Iterator[Path]:
+    """Base-model scores cached in a folder of this test session, never the user's
+    ~/.cache/runner/scores (the converted-model cache there is still found by real-model tests)."""
+    folder = tmp_path_factory.mktemp("score-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RUNNER_SCORE_CACHE", str(folder))
+        yield folder
+
+
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     """A spec folder with data/, templates/ and a valid classification spec at spec.yaml."""
-    (tmp_path / "data").mkdir()
-    (tmp_path / "templates").mkdir()
-    write_jsonl(tmp_path / "data" / "sentiment.jsonl", sentiment_rows())
-    (tmp_path / "templates" / "sentiment.jinja").write_text("Review: {{ text }}\nSentiment:\n|||\n{{ sentiment }}\n")
-    write_spec(tmp_path / "spec.yaml", base_spec())
-    return tmp_path
+    return make_workdir(tmp_path)
+
+
+def make_workdir(root: Path) -> Path:
+    (root / "data").mkdir()
+    (root / "templates").mkdir()
+    write_jsonl(root / "data" / "sentiment.jsonl", sentiment_rows())
+    (root / "templates" / "sentiment.jinja").write_text("Review: {{ text }}\nSentiment:\n|||\n{{ sentiment }}\n")
+    write_spec(root / "spec.yaml", base_spec())
+    return root
 
 
 def base_spec(**overrides) -> dict:

@@ -274,13 +274,69 @@ def apply_method(model: torch.nn.Module, method) -> torch.nn.Module:
         task_type="CAUSAL_LM",
     )
     try:
-        return get_peft_model(model, config)
+        model = get_peft_model(model, config)
     except ValueError as exc:
         names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
         raise RunnerError(
             f"$.method.lora.target_modules: {' '.join(str(exc).split())[:200]}\n"
             f"This model's linear layers are: {', '.join(names)} (or use 'all-linear')."
         ) from None
+    use_fast_dropout(model)
+    return model
+
+
+class _MaskedScale(torch.autograd.Function):
+    """x * keep * scale, saving only the boolean mask for the backward pass."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.save_for_backward(keep)
+        ctx.scale = scale
+        return torch.where(keep, x * scale, 0.0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (keep,) = ctx.saved_tensors
+        return torch.where(keep, grad * ctx.scale, 0.0), None, None
+
+
+class FastDropout(torch.nn.Module):
+    """Dropout with the same distribution as torch's (each element kept with probability 1 - p,
+    independently, scaled by 1 / (1 - p); p exact to 1/65536), from a quarter of the random draws.
+
+    LoRA applies dropout to the input of every adapted layer: with `all-linear` on a small
+    model, torch's dropout (one draw per element) took a third of a CPU training step. Here
+    each 64-bit draw gives four 16-bit uniforms.
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+        self.threshold = round(p * 65536) - 32768  # int16 uniforms below it are dropped
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        n = x.numel()
+        draws = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)
+        keep = draws.view(torch.int16)[:n].view(x.shape) >= self.threshold
+        return _MaskedScale.apply(x, keep, 1.0 / (1.0 - self.p))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def use_fast_dropout(model: torch.nn.Module) -> int:
+    """Swap peft's LoRA dropout modules for FastDropout; returns how many were swapped."""
+    swapped = 0
+    for module in model.modules():
+        dropouts = getattr(module, "lora_dropout", None)
+        if isinstance(dropouts, torch.nn.ModuleDict):
+            for name, layer in dropouts.items():
+                if isinstance(layer, torch.nn.Dropout) and layer.p > 0:
+                    dropouts[name] = FastDropout(layer.p)
+                    swapped += 1
+    return swapped
 
 
 def causal_lm(model: torch.nn.Module) -> torch.nn.Module:

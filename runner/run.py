@@ -90,13 +90,21 @@ def _worker_flow(spec: Spec, run_dir: Path, resume_from: Path | None) -> None:
 
     L.seed_everything(spec.seed, verbose=False)
     inputs = prepare_inputs(spec, with_probes=False)
-    model, _ = load_model(spec.model.source, spec.seed)
+    model, _ = prepared_model(spec)
     datamodule = make_datamodule(inputs, spec)
     fit(trainable_module(apply_method(model, spec.method), spec, inputs.tasks), datamodule, spec, run_dir, resume_from)
 
 
+def prepared_model(spec: Spec) -> tuple[torch.nn.Module, object]:
+    """The model as a run trains and scores it, and its tokenizer."""
+    return load_model(spec.model.source, spec.seed)
+
+
 def make_datamodule(inputs: Inputs, spec: Spec) -> FineTuneData:
-    return FineTuneData(inputs.tasks, inputs.encoder, spec.training.batch_size, spec.training.num_workers, spec.seed)
+    training = spec.training
+    return FineTuneData(
+        inputs.tasks, inputs.encoder, training.batch_size, training.num_workers, spec.seed, training.group_by_length
+    )
 
 
 def trainable_module(model: torch.nn.Module, spec: Spec, tasks: list[TaskData]) -> FineTuner:
@@ -154,7 +162,7 @@ def _train_flow(spec: Spec, run_dir: Path, report: dict, inputs: Inputs, resume_
     import lightning as L
 
     L.seed_everything(spec.seed, verbose=False)
-    model, tokenizer = load_model(spec.model.source, spec.seed)
+    model, tokenizer = prepared_model(spec)
     datamodule = make_datamodule(inputs, spec)
     (run_dir / "predictions.jsonl").unlink(missing_ok=True)  # a resumed run scores everything again
 
@@ -187,6 +195,7 @@ def _train_flow(spec: Spec, run_dir: Path, report: dict, inputs: Inputs, resume_
         "best_epoch": result.best_epoch,
         "best_val_loss": result.best_val_loss,
         "stopped_early": result.stopped_early,
+        "stopped_by_time": result.stopped_by_time,
         "global_steps": result.global_steps,
         "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
         "epochs": result.history,
@@ -208,7 +217,7 @@ def _eval_flow(spec: Spec, run_dir: Path, report: dict, inputs: Inputs, checkpoi
     from lightning.pytorch.loggers import TensorBoardLogger
 
     torch.manual_seed(spec.seed)
-    model, _ = load_model(spec.model.source, spec.seed)
+    model, _ = prepared_model(spec)
     scoring = Scoring(spec, inputs.tasks, inputs.probes, report, run_dir)
     evaluator = make_evaluator(model, inputs.encoder, spec, inputs.fitter)
     score_base(evaluator, scoring)

@@ -149,6 +149,9 @@ class TrainingSpec:
     gradient_clip: float | None
     early_stopping: EarlyStoppingSpec
     num_workers: int
+    group_by_length: bool = True
+    max_batch_tokens: int | None = 4096
+    max_time: float | None = None  # seconds (the spec gives minutes or "[DD:]HH:MM:SS")
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,7 @@ class EvaluationSpec:
     baselines: tuple[str, ...]
     few_shot_k: int
     bootstrap_samples: int
+    cache: bool
     forgetting: tuple[ProbeSpec, ...]
 
 
@@ -684,6 +688,7 @@ def _build_spec(filled: dict, base_dir: Path, source_path: Path | None) -> Spec:
     training = dict(filled["training"])
     if training["learning_rate"] is None:
         training["learning_rate"] = DEFAULT_LEARNING_RATE[method["kind"]]
+    training["max_time"] = _seconds(training.get("max_time"))
     values = {
         **filled,
         "tasks": tasks,
@@ -694,6 +699,15 @@ def _build_spec(filled: dict, base_dir: Path, source_path: Path | None) -> Spec:
     }
     values.pop("$schema", None)
     return _build(Spec, values)
+
+
+def _seconds(value: float | str | None) -> float | None:
+    """training.max_time as seconds: a number of minutes, or "HH:MM:SS" / "DD:HH:MM:SS"."""
+    if value is None or isinstance(value, (int, float)):
+        return None if value is None else float(value) * 60
+    parts = [int(p) for p in value.split(":")]
+    days, hours, minutes, seconds = [0] * (4 - len(parts)) + parts
+    return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
 
 
 def _task_data(data: str | dict, base_dir: Path) -> DataSource | SplitFiles:

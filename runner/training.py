@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
@@ -24,8 +25,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader, WeightedRandomSampler
 from torchmetrics.aggregation import MeanMetric
 from transformers import get_scheduler
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from runner.data import Collator, Encoder, TaskData
+from runner.data import IGNORE_INDEX, Collator, Encoder, TaskData
 from runner.forward import completion_token_losses
 from runner.spec import Spec, TrainingSpec
 
@@ -35,12 +37,21 @@ MONITOR = "val/loss"
 class FineTuneData(L.LightningDataModule):
     """Tokenised train/val sets of every task; training mixes tasks by their weights."""
 
-    def __init__(self, tasks: list[TaskData], encoder: Encoder, batch_size: int, num_workers: int, seed: int) -> None:
+    def __init__(
+        self,
+        tasks: list[TaskData],
+        encoder: Encoder,
+        batch_size: int,
+        num_workers: int,
+        seed: int,
+        group_by_length: bool = False,
+    ) -> None:
         super().__init__()
         self.task_names = [t.task.name for t in tasks]
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
+        self.group_by_length = group_by_length
         self.collator = Collator(encoder.tokenizer.pad_token_id)
         self.train_sets, self.val_sets = [], []
         for index, t in enumerate(tasks):
@@ -58,6 +69,11 @@ class FineTuneData(L.LightningDataModule):
         generator = torch.Generator().manual_seed(self.seed)
         common = dict(batch_size=self.batch_size, collate_fn=self.collator, num_workers=self.num_workers)
         if all(w is None for w in self.weights):
+            if self.group_by_length:
+                # Random batches pad ~13% on short ticket rows and far more on ragged long ones.
+                lengths = [len(r["input_ids"]) for r in rows]
+                sampler = LengthGroupedSampler(self.batch_size, lengths=lengths, generator=generator)
+                return DataLoader(rows, sampler=sampler, **common)
             return DataLoader(rows, shuffle=True, generator=generator, **common)
         # Mixture: task t gets share w_t of the samples; unweighted tasks keep their size share.
         total = len(rows)
@@ -78,6 +94,9 @@ class FineTuner(L.LightningModule):
         self, model: torch.nn.Module, training: TrainingSpec, task_names: list[str], save_frozen: bool
     ) -> None:
         super().__init__()
+        # Manual optimisation: a batch above training.max_batch_tokens is split into
+        # micro-batches whose gradients add up to the whole batch's before one optimizer step.
+        self.automatic_optimization = False
         self.model = model
         self.training_spec = training
         self.task_names = task_names
@@ -94,9 +113,23 @@ class FineTuner(L.LightningModule):
         self._step_started = 0.0
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        losses, _ = completion_token_losses(self.model, batch)
-        loss = losses.mean()
-        self.train_loss.update(loss.detach(), weight=losses.numel())
+        spec = self.training_spec
+        targets = count_targets(batch)
+        total = torch.zeros((), device=batch["input_ids"].device)
+        for part in micro_batches(batch, spec.max_batch_tokens):
+            losses, _ = completion_token_losses(self.model, part)
+            # Summed over the micro-batch, divided by the whole batch's target count: the
+            # gradients add up to those of the batch's mean loss, however it was split.
+            self.manual_backward(losses.sum() / max(targets, 1) / spec.gradient_accumulation)
+            total += losses.detach().sum()
+        loss = total / max(targets, 1)
+        if (batch_idx + 1) % spec.gradient_accumulation == 0 or self.trainer.is_last_batch:
+            optimizer = self.optimizers()
+            self.clip_gradients(optimizer, gradient_clip_val=spec.gradient_clip, gradient_clip_algorithm="norm")
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            self.lr_schedulers().step()
+        self.train_loss.update(loss, weight=targets)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
@@ -144,7 +177,10 @@ class FineTuner(L.LightningModule):
             [{"params": decay, "weight_decay": spec.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=spec.learning_rate,
         )
-        total = int(self.trainer.estimated_stepping_batches)
+        # Optimizer steps: with manual optimisation Lightning counts batches, not steps.
+        total = max(1, -(-int(self.trainer.estimated_stepping_batches) // spec.gradient_accumulation))
+        if spec.max_steps is not None:
+            total = min(total, spec.max_steps)
         name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[spec.lr_schedule]
         scheduler = get_scheduler(
             name, optimizer, num_warmup_steps=round(spec.warmup_ratio * total), num_training_steps=total
@@ -159,6 +195,31 @@ class FineTuner(L.LightningModule):
             }
 
 
+def count_targets(batch: dict) -> int:
+    """Completion tokens the loss is taken over (a row's first token is never one)."""
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).logical_and(batch["attention_mask"][:, :-1] == 1).sum())
+
+
+def micro_batches(batch: dict, max_tokens: int | None) -> list[dict]:
+    """Split a left-padded batch into runs of rows whose padded size (rows x longest) stays
+    within max_tokens; each part is cut to its own longest row. Rows are kept in order."""
+    rows, width = batch["input_ids"].shape
+    if max_tokens is None or rows * width <= max_tokens or rows == 1:
+        return [batch]
+    lengths = batch["attention_mask"].sum(-1).tolist()
+    parts, start = [], 0
+    while start < rows:
+        end, longest = start, 0
+        while end < rows and max(longest, lengths[end]) * (end - start + 1) <= max_tokens:
+            longest = max(longest, lengths[end])
+            end += 1
+        end = max(end, start + 1)  # a single row longer than max_tokens still trains, alone
+        longest = max(lengths[start:end])
+        parts.append({k: v[start:end, width - longest :] if v.dim() == 2 else v[start:end] for k, v in batch.items()})
+        start = end
+    return parts
+
+
 @dataclass
 class FitResult:
     """What the report needs from training."""
@@ -168,6 +229,7 @@ class FitResult:
     best_epoch: int | None
     best_val_loss: float | None
     stopped_early: bool
+    stopped_by_time: bool
     best_checkpoint: Path | None
     last_checkpoint: Path | None
     history: list[dict] = field(default_factory=list)
@@ -235,8 +297,7 @@ def build_trainer(
         precision=resolve_precision(spec.trainer.precision, spec.trainer.accelerator),
         max_epochs=training.epochs,
         max_steps=training.max_steps if training.max_steps is not None else -1,
-        accumulate_grad_batches=training.gradient_accumulation,
-        gradient_clip_val=training.gradient_clip,
+        max_time=None if training.max_time is None else timedelta(seconds=training.max_time),
         val_check_interval=val_every,
         check_val_every_n_epoch=1 if val_every is None else None,
         num_sanity_val_steps=0,
@@ -269,6 +330,7 @@ def fit(
         best_epoch=best["epoch"] if best else None,
         best_val_loss=best["val_loss"] if best else None,
         stopped_early=bool(early is not None and early.stopped_epoch > 0),
+        stopped_by_time=spec.training.max_time is not None and seconds >= spec.training.max_time,
         best_checkpoint=best_path,
         last_checkpoint=last_path,
         history=history,

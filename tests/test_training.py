@@ -1,0 +1,106 @@
+"""Training mechanics: micro-batches bounded by tokens, length-grouped batches, the time budget."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import base_spec, write_spec
+
+from runner.cli import main
+from runner.data import Encoder, Example, TaskData, collate
+from runner.forward import completion_token_losses
+from runner.model import byte_tokenizer, random_tiny
+from runner.training import FineTuneData, count_targets, micro_batches
+
+
+def ragged_batch(tokenizer, lengths: list[int]) -> dict:
+    encoder = Encoder(tokenizer, max_length=256, chat_template=False)
+    rows = [encoder.encode(Example("t", i, "x" * n, "yes" if i % 2 else "no"), add_eos=True) for i, n in enumerate(lengths)]
+    return collate(rows, tokenizer.pad_token_id)
+
+
+def test_micro_batches_stay_within_max_tokens_and_keep_every_row():
+    batch = ragged_batch(byte_tokenizer(), [10, 80, 20, 75, 5, 60])
+    parts = micro_batches(batch, max_tokens=200)
+    assert len(parts) > 1
+    for part in parts:
+        assert part["input_ids"].numel() <= 200
+        assert part["attention_mask"][:, -1].all()  # still left-padded: every row ends in the last column
+    assert sum(p["input_ids"].shape[0] for p in parts) == 6
+    assert sum(count_targets(p) for p in parts) == count_targets(batch)
+    assert micro_batches(batch, max_tokens=None) == [batch]
+
+
+def test_micro_batch_gradients_add_up_to_the_whole_batch():
+    """The step training_step takes on a split batch is the step on the whole batch."""
+    model, tokenizer = random_tiny(seed=1)
+    batch = ragged_batch(tokenizer, [10, 80, 20, 75, 5, 60])
+    losses, _ = completion_token_losses(model, batch)
+    losses.mean().backward()
+    whole = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    targets = count_targets(batch)
+    for part in micro_batches(batch, max_tokens=150):
+        part_losses, _ = completion_token_losses(model, part)
+        (part_losses.sum() / targets).backward()
+    for expected, param in zip(whole, model.parameters()):
+        torch.testing.assert_close(param.grad, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_length_grouped_batches_pad_less_and_still_cover_every_row(workdir):
+    tokenizer = byte_tokenizer()
+    encoder = Encoder(tokenizer, max_length=256, chat_template=False)
+    examples = [Example("t", i, "x" * ((i * 37) % 200 + 1), "yes", 0) for i in range(160)]
+    from runner.spec import load_spec
+
+    task = load_spec(workdir / "spec.yaml").tasks[0]
+    data = TaskData(task, examples, examples[:8], examples[:8])
+
+    def padding(grouped: bool) -> tuple[float, list[int]]:
+        dm = FineTuneData([data], encoder, batch_size=8, num_workers=0, seed=0, group_by_length=grouped)
+        batches = list(dm.train_dataloader())
+        pad = sum(int((b["attention_mask"] == 0).sum()) for b in batches) / sum(b["input_ids"].numel() for b in batches)
+        rows = sorted(int(n) for b in batches for n in b["attention_mask"].sum(-1))
+        return pad, rows
+
+    grouped_pad, grouped_rows = padding(True)
+    random_pad, random_rows = padding(False)
+    assert grouped_rows == random_rows  # the same rows, each once per epoch
+    assert grouped_pad < random_pad / 2
+
+
+def run_tiny(workdir: Path, **training) -> dict:
+    spec = base_spec()
+    spec["training"] = {**spec["training"], **training}
+    write_spec(workdir / "spec.yaml", spec)
+    assert main(["run", str(workdir / "spec.yaml")]) == 0
+    (run_dir,) = [p for p in (workdir / "runs" / "tiny").iterdir() if p.is_dir()]
+    return json.loads((run_dir / "report.json").read_text())
+
+
+def test_a_run_with_small_micro_batches_trains_and_reports(workdir):
+    report = run_tiny(workdir, max_batch_tokens=64)
+    assert report["status"] == "complete"
+    assert report["training"]["global_steps"] > 0
+    assert report["training"]["stopped_by_time"] is False
+
+
+def test_max_time_stops_training_and_still_reports(workdir):
+    report = run_tiny(workdir, max_time="00:00:01", epochs=50)
+    assert report["status"] == "complete"
+    assert report["training"]["stopped_by_time"] is True
+    assert report["training"]["epochs_run"] < 50
+    assert "fine_tuned" in report["tasks"]["sentiment"]["test"]
+
+
+@pytest.mark.parametrize("value,seconds", [(2, 120.0), (0.5, 30.0), ("01:30:00", 5400.0), ("1:00:00:05", 86405.0)])
+def test_max_time_reads_minutes_or_clock_time(workdir, value, seconds):
+    from runner.spec import load_spec
+
+    spec = base_spec()
+    spec["training"]["max_time"] = value
+    write_spec(workdir / "spec.yaml", spec)
+    assert load_spec(workdir / "spec.yaml").training.max_time == seconds

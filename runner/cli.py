@@ -1,4 +1,4 @@
-"""Command line: `runner validate | preview | run | eval | compare | schema`.
+"""Command line: `runner validate | preview | plan | run | eval | compare | schema`.
 
 Exit codes: 0 success, 2 bad spec or bad data (a message, never a traceback), 1 anything else.
 """
@@ -77,6 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_overrides(preview)
     preview.set_defaults(func=cmd_preview)
 
+    plan = sub.add_parser(
+        "plan", help="what a run will cost: data, steps, parameters, estimated time and memory (a few timed steps)"
+    )
+    plan.add_argument("spec", type=Path)
+    plan.add_argument("--json", action="store_true", help="the plan as one JSON object")
+    add_overrides(plan)
+    plan.set_defaults(func=cmd_plan)
+
     schema = sub.add_parser("schema", help="print the experiment JSON Schema")
     schema.set_defaults(func=cmd_schema)
     return parser
@@ -135,6 +143,16 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec, args.overrides)
     print(preview(spec, args.rows, args.split, args.json))
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from runner.plan import plan, plan_text
+    from runner.spec import load_spec
+
+    spec = load_spec(args.spec, args.overrides)
+    result = plan(spec)
+    print(json.dumps(result, indent=2) if args.json else plan_text(result))
     return 0
 
 

@@ -125,16 +125,20 @@ class Evaluator:
         owner = [i for i, cands in enumerate(candidates) for _ in cands]  # prompt of each flat row
         flat = [c for cands in candidates for c in cands]
         scores = torch.stack([first[i, c[0]] for i, c in zip(owner, flat)])
-        steps = max(map(len, flat)) - 1
-        if steps > 0:
-            # The rest of each candidate's tokens, fed after its own prompt's cached keys/values.
-            inputs = torch.full((len(flat), steps), pad, dtype=torch.long)
-            targets = torch.full((len(flat), steps), -1, dtype=torch.long)
-            for j, tokens in enumerate(flat):
-                inputs[j, : len(tokens) - 1] = torch.tensor(tokens[:-1])
-                targets[j, : len(tokens) - 1] = torch.tensor(tokens[1:])
+        # Only candidates longer than one token continue past the prompt (labels are often one
+        # token each: then the prompt's own forward scored them all).
+        longer = [j for j, c in enumerate(flat) if len(c) > 1]
+        if longer:
+            steps = max(len(flat[j]) for j in longer) - 1
+            # The rest of each such candidate's tokens, fed after its own prompt's cached keys/values.
+            inputs = torch.full((len(longer), steps), pad, dtype=torch.long)
+            targets = torch.full((len(longer), steps), -1, dtype=torch.long)
+            for row, j in enumerate(longer):
+                tokens = flat[j]
+                inputs[row, : len(tokens) - 1] = torch.tensor(tokens[:-1])
+                targets[row, : len(tokens) - 1] = torch.tensor(tokens[1:])
             inputs, targets = inputs.to(self.device), targets.to(self.device)
-            rows = torch.tensor(owner, device=self.device)
+            rows = torch.tensor([owner[j] for j in longer], device=self.device)
             cache = output_cache(prompt_out)
             cache.batch_select_indices(rows)
             full_mask = torch.cat([mask[rows], torch.ones_like(inputs)], dim=1)
@@ -150,7 +154,8 @@ class Evaluator:
             valid = targets >= 0
             logprobs = torch.log_softmax(logits[valid].float(), dim=-1)
             picked = logprobs.gather(-1, targets[valid].unsqueeze(-1)).squeeze(-1)
-            scores = scores.index_add(0, valid.nonzero()[:, 0], picked)
+            flat_index = torch.tensor(longer, device=self.device)[valid.nonzero()[:, 0]]
+            scores = scores.index_add(0, flat_index, picked)
         scores = scores.float().cpu()
         out, start = [], 0
         for cands in candidates:

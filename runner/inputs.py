@@ -7,6 +7,7 @@ Lightning), so `runner preview` answers in seconds.
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -29,11 +30,13 @@ class Inputs:
     encoder: Encoder
     fitter: Fitter
     findings: list[checks.Finding]
+    seconds: float = 0.0  # wall time to prepare all of this
 
 
 def prepare_inputs(spec: Spec, with_probes: bool = True, enforce_checks: bool = True) -> Inputs:
     """Data (read, templated, split), the tokenizer, rows fitted to max_length, data checks and
     probes. Raises DataError (exit 2) for bad rows or failing checks, before any run folder."""
+    started = time.perf_counter()
     tasks = prepare_data(spec)
     probes = []
     if with_probes:
@@ -45,7 +48,7 @@ def prepare_inputs(spec: Spec, with_probes: bool = True, enforce_checks: bool = 
     findings = checks.run_checks(tasks, encoder, spec.data_checks)
     if enforce_checks:
         checks.raise_failures(findings, str(spec.source_path or spec.name))
-    return Inputs(tasks, probes, encoder, fitter, findings)
+    return Inputs(tasks, probes, encoder, fitter, findings, time.perf_counter() - started)
 
 
 def print_findings(findings: list[checks.Finding]) -> None:

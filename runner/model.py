@@ -6,6 +6,7 @@ same training, checkpoint and export code serves all of them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import logging
@@ -289,15 +290,15 @@ class _MaskedScale(torch.autograd.Function):
     """x * keep * scale, saving only the boolean mask for the backward pass."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, keep: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
         ctx.save_for_backward(keep)
-        ctx.scale = scale
-        return torch.where(keep, x * scale, 0.0)
+        ctx.scale, ctx.input_dtype = scale, x.dtype
+        return torch.where(keep, x.to(dtype) * scale, 0.0)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (keep,) = ctx.saved_tensors
-        return torch.where(keep, grad * ctx.scale, 0.0), None, None
+        return torch.where(keep, grad * ctx.scale, 0.0).to(ctx.input_dtype), None, None, None
 
 
 class FastDropout(torch.nn.Module):
@@ -320,7 +321,11 @@ class FastDropout(torch.nn.Module):
         n = x.numel()
         draws = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)
         keep = draws.view(torch.int16)[:n].view(x.shape) >= self.threshold
-        return _MaskedScale.apply(x, keep, 1.0 / (1.0 - self.p))
+        # Under autocast the adapter's matmul reads the autocast dtype: produce it directly
+        # rather than a float32 copy that autocast would then copy again.
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        return _MaskedScale.apply(x, keep, 1.0 / (1.0 - self.p), dtype)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -337,6 +342,24 @@ def use_fast_dropout(model: torch.nn.Module) -> int:
                     dropouts[name] = FastDropout(layer.p)
                     swapped += 1
     return swapped
+
+
+@contextlib.contextmanager
+def merged_adapters(model: torch.nn.Module):
+    """Inside the block, a peft model's adapters are merged into its weights (W + BA): the same
+    function with no extra matmuls per layer. Unmerged again after, so training, checkpoints and
+    switching the adapters off behave as before. Models without mergeable adapters pass through."""
+    mergeable = hasattr(model, "merge_adapter") and getattr(model, "peft_type", None) is not None
+    if mergeable:
+        try:
+            model.merge_adapter()
+        except (ValueError, NotImplementedError, AttributeError):
+            mergeable = False  # a method that cannot merge scores unmerged
+    try:
+        yield
+    finally:
+        if mergeable:
+            model.unmerge_adapter()
 
 
 def causal_lm(model: torch.nn.Module) -> torch.nn.Module:

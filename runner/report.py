@@ -304,6 +304,19 @@ def document(report: dict, images: dict[str, str]) -> list[tuple]:
                     f"{_seconds(cost.get('score_base_seconds'))} / {_seconds(cost.get('score_tuned_seconds'))}",
                 ]
             )
+        stages = [
+            (label, cost[key])
+            for label, key in (
+                ("prepare", "prepare_seconds"),
+                ("load model", "load_model_seconds"),
+                ("score base", "score_base_seconds"),
+                ("train", "train_seconds"),
+                ("score fine-tuned", "score_tuned_seconds"),
+            )
+            if cost.get(key) is not None
+        ]
+        if len(stages) > 1:
+            rows.append(["wall time by stage", ", ".join(f"{label} {_seconds(v)}" for label, v in stages)])
         if cost.get("score_base_cached"):
             rows.append(["base scores reused from cache", f"{cost['score_base_cached']} (see the note above)"])
         if rows:

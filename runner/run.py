@@ -13,6 +13,7 @@ import copy
 import logging
 import os
 import signal
+import sys
 import warnings
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from runner.folder import (
 )
 from runner.inputs import Inputs, prepare_inputs, print_findings
 from runner.model import apply_method, count_parameters, load_model
+from runner.plan import run_header
 from runner.scoring import (
     Scoring,
     base_evaluator,
@@ -125,6 +127,7 @@ def _guarded(spec: Spec, run_dir: Path, mode: str, inputs: Inputs, flow) -> Path
     write_run_header(run_dir, spec, splits_record(inputs.tasks, spec.seed))
     report = start_report(spec, run_dir, mode)
     describe_data(report, inputs.tasks, inputs.findings, inputs.encoder, spec)
+    report.setdefault("cost", {})["prepare_seconds"] = round(inputs.seconds, 1)
     reporting.write_json(run_dir / "report.json", report)  # "running", from the start
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     for sig in previous:
@@ -162,7 +165,8 @@ def _train_flow(spec: Spec, run_dir: Path, report: dict, inputs: Inputs, resume_
     import lightning as L
 
     L.seed_everything(spec.seed, verbose=False)
-    model, tokenizer = prepared_model(spec)
+    with timed(report, "load_model_seconds"):
+        model, tokenizer = prepared_model(spec)
     datamodule = make_datamodule(inputs, spec)
     (run_dir / "predictions.jsonl").unlink(missing_ok=True)  # a resumed run scores everything again
 
@@ -177,6 +181,7 @@ def _train_flow(spec: Spec, run_dir: Path, report: dict, inputs: Inputs, resume_
     trainable, total = count_parameters(model)
     report["cost"] = {**report.get("cost", {}), "trainable_params": trainable, "total_params": total}
     module = trainable_module(model, spec, inputs.tasks)
+    print(run_header(spec, len(datamodule.train_dataloader()), trainable, total), file=sys.stderr)
     result, trainer = fit(module, datamodule, spec, run_dir, resume_from)
     if not trainer.is_global_zero:
         return  # evaluation and the report are rank 0's
@@ -217,10 +222,12 @@ def _eval_flow(spec: Spec, run_dir: Path, report: dict, inputs: Inputs, checkpoi
     from lightning.pytorch.loggers import TensorBoardLogger
 
     torch.manual_seed(spec.seed)
-    model, _ = prepared_model(spec)
+    with timed(report, "load_model_seconds"):
+        model, _ = prepared_model(spec)
     scoring = Scoring(spec, inputs.tasks, inputs.probes, report, run_dir)
     evaluator = make_evaluator(model, inputs.encoder, spec, inputs.fitter)
-    score_base(evaluator, scoring)
+    with timed(report, "score_base_seconds"):
+        score_base(evaluator, scoring)
     if checkpoint is not None:
         report["checkpoint"] = str(checkpoint)
         base_copy = copy.deepcopy(model) if needs_base_copy(spec) else None

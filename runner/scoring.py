@@ -16,6 +16,7 @@ from runner import cache, checks
 from runner import report as reporting
 from runner.data import Encoder, TaskData
 from runner.evaluation import Evaluator, majority_baseline
+from runner.model import merged_adapters
 from runner.probes import HEADLINE, HIGHER_IS_BETTER, ProbeData, drift, run_probe
 from runner.spec import Spec
 from runner.training import resolve_precision
@@ -141,14 +142,19 @@ def _note_cached(scoring: Scoring) -> None:
 
 def score_tuned(evaluator: Evaluator, base: Evaluator, scoring: Scoring) -> None:
     """The fine-tuned model: its rung, every probe's 'after', and drift from the base."""
-    if "fine_tuned" in scoring.spec.evaluation.baselines:
-        score_tasks("fine_tuned", scoring, lambda data: evaluator.evaluate(data, seed=scoring.spec.seed), evaluator)
+    # Adapters merged into the weights score as fast as the base model; drift switches them
+    # off and on, so it runs unmerged.
+    with merged_adapters(evaluator.model):
+        if "fine_tuned" in scoring.spec.evaluation.baselines:
+            score_tasks("fine_tuned", scoring, lambda data: evaluator.evaluate(data, seed=scoring.spec.seed), evaluator)
+        for p in scoring.probes:
+            if p.probe.kind != "drift":
+                with evaluator.describing(f"fine-tuned, probe {p.probe.name}"):
+                    scoring.probes_after[p.probe.name] = run_probe(evaluator, p)
     for p in scoring.probes:
-        with evaluator.describing(f"fine-tuned, probe {p.probe.name}"):
-            if p.probe.kind == "drift":
+        if p.probe.kind == "drift":
+            with evaluator.describing(f"fine-tuned, probe {p.probe.name}"):
                 scoring.drift[p.probe.name] = drift(base, evaluator, p)
-            else:
-                scoring.probes_after[p.probe.name] = run_probe(evaluator, p)
 
 
 def base_evaluator(tuned: Evaluator, base_copy: torch.nn.Module | None) -> Evaluator:

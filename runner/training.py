@@ -15,6 +15,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import (
+    Callback,
     EarlyStopping,
     LearningRateMonitor,
     ModelCheckpoint,
@@ -193,6 +194,41 @@ class FineTuner(L.LightningModule):
             checkpoint["state_dict"] = {
                 k: v for k, v in checkpoint["state_dict"].items() if k in trainable or not k.startswith("model.")
             }
+
+
+class StepTimer(Callback):
+    """(seconds, padded tokens, real tokens) of every training batch, optimizer step included."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[float, int, int]] = []
+        self._started = 0.0
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        self._started = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        seconds = time.perf_counter() - self._started
+        self.steps.append((seconds, batch["input_ids"].numel(), int(batch["attention_mask"].sum())))
+
+
+def timed_steps(module: FineTuner, datamodule: FineTuneData, spec: Spec, steps: int) -> list[tuple[float, int, int]]:
+    """Train `steps` batches with the run's precision, data order and step (no validation,
+    no checkpoints, nothing written) and return each batch's (seconds, padded, real tokens)."""
+    timer = StepTimer()
+    trainer = L.Trainer(
+        accelerator=spec.trainer.accelerator,
+        devices=1,
+        precision=resolve_precision(spec.trainer.precision, spec.trainer.accelerator),
+        max_steps=-(-steps // spec.training.gradient_accumulation),
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+    )
+    trainer.fit(module, datamodule=datamodule)
+    return timer.steps
 
 
 def count_targets(batch: dict) -> int:

@@ -104,3 +104,44 @@ def test_max_time_reads_minutes_or_clock_time(workdir, value, seconds):
     spec["training"]["max_time"] = value
     write_spec(workdir / "spec.yaml", spec)
     assert load_spec(workdir / "spec.yaml").training.max_time == seconds
+
+
+def test_fast_dropout_has_dropouts_distribution_and_gradient():
+    from runner.model import FastDropout
+
+    torch.manual_seed(0)
+    dropout = FastDropout(0.1).train()
+    x = torch.ones(400, 500, requires_grad=True)
+    y = dropout(x)
+    dropped = y == 0
+    assert abs(float(dropped.float().mean()) - 0.1) < 0.005
+    assert torch.allclose(y[~dropped], torch.tensor(1 / 0.9))
+    assert float((dropped & (dropout(x) == 0)).float().mean()) == pytest.approx(0.01, abs=0.002)  # independent draws
+    y.sum().backward()
+    assert torch.equal(x.grad, (~dropped).float() / 0.9)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert dropout(x).dtype == torch.bfloat16  # what the adapter's matmul reads under autocast
+    assert torch.equal(dropout.eval()(x), x)
+
+
+def test_lora_uses_fast_dropout_and_merged_adapters_score_the_same():
+    from runner.evaluation import Evaluator
+    from runner.model import FastDropout, apply_method, merged_adapters
+    from runner.spec import LoraSpec, MethodSpec
+
+    model, tokenizer = random_tiny(seed=2)
+    model = apply_method(model, MethodSpec(kind="lora", lora=LoraSpec(r=4, alpha=8, dropout=0.1, target_modules="all-linear")))
+    assert any(isinstance(m, FastDropout) for m in model.modules())
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.2)  # peft starts B at zero: make the adapters matter
+    encoder = Encoder(tokenizer, max_length=64, chat_template=False)
+    evaluator = Evaluator(model, encoder, batch_size=2, max_new_tokens=4, device=torch.device("cpu"))
+    prompts = [encoder.prompt_ids("q" * (3 + 4 * i)) for i in range(3)]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    unmerged = evaluator.label_scores(prompts, ("yes", "no"))
+    with merged_adapters(model):
+        merged = evaluator.label_scores(prompts, ("yes", "no"))
+    torch.testing.assert_close(merged, unmerged, atol=1e-4, rtol=1e-4)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param, before[name], atol=1e-6, rtol=1e-6)

@@ -1,0 +1,253 @@
+"""`runner plan`: what a run will cost, before paying for it.
+
+The same inputs as `runner run` (data statistics are `runner preview`'s), then a few timed
+pieces of the real work on this machine: training steps through the same Lightning module and
+data loader (length-grouped batches put the longest batch first, so the peak memory is seen),
+a validation batch, and a sample of every scoring unit. Each is extrapolated by what the full
+run does: padded tokens for training and validation, rows for scoring. Early stopping can only
+shorten the estimate; it is for the maximum number of epochs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import resource
+import sys
+import time
+
+import torch
+
+from runner.inputs import Inputs, prepare_inputs
+from runner.preview import summary_text
+from runner.probes import ProbeData
+from runner.spec import Spec
+
+TIMED_STEPS = 3  # after one warm-up step
+SAMPLE_ROWS = 16  # rows (or items) timed per scoring unit
+
+
+def plan(spec: Spec) -> dict:
+    """Steps, parameters, and estimated wall time and peak memory of `runner run SPEC`."""
+    from runner.run import make_datamodule, prepared_model, quiet_libraries, trainable_module
+
+    quiet_libraries()
+    started = time.perf_counter()
+    inputs = prepare_inputs(spec, enforce_checks=False)
+    prepare_s = time.perf_counter() - started
+    datamodule = make_datamodule(inputs, spec)
+    loader = datamodule.train_dataloader()
+    batches_per_epoch, steps_per_epoch, steps = step_counts(spec, len(loader))
+    epochs = steps / steps_per_epoch
+
+    started = time.perf_counter()
+    model, _ = prepared_model(spec)
+    load_s = time.perf_counter() - started
+    scoring = _scoring_estimate(spec, inputs, model)
+    from runner.model import apply_method, count_parameters
+
+    model = apply_method(model, spec.method)
+    trainable, total = count_parameters(model)
+    module = trainable_module(model, spec, inputs.tasks)
+    per_token, peak_mb = _time_training(module, datamodule, spec)
+    train_tokens = sum(b["input_ids"].numel() for b in loader)  # padded: what is computed
+    val_tokens = sum(b["input_ids"].numel() for b in datamodule.val_dataloader())
+    val_per_token = _time_validation(module, datamodule, spec)
+    train_s = per_token * train_tokens * epochs
+    val_s = val_per_token * val_tokens * math.ceil(epochs)
+    total_s = prepare_s + load_s + scoring["base"] + train_s + val_s + scoring["tuned"]
+    return {
+        "data": summary_text(inputs, spec),
+        "rows": {t.task.name: {"train": len(t.train), "val": len(t.val), "test": len(t.test)} for t in inputs.tasks},
+        "batches_per_epoch": batches_per_epoch,
+        "steps_per_epoch": steps_per_epoch,
+        "steps": steps,
+        "epochs": round(epochs, 2),
+        "trainable_params": trainable,
+        "total_params": total,
+        "precision": _precision(spec),
+        "train_tokens_per_epoch": train_tokens,
+        "train_tokens_per_second": round(1 / per_token, 1) if per_token else None,
+        "estimate_seconds": {
+            "prepare": round(prepare_s, 1),
+            "load_model": round(load_s, 1),
+            "score_base": round(scoring["base"], 1),
+            "train": round(train_s, 1),
+            "validate": round(val_s, 1),
+            "score_tuned": round(scoring["tuned"], 1),
+            "total": round(total_s, 1),
+        },
+        "score_base_cached": scoring["cached"],
+        "peak_rss_mb_estimate": round(peak_mb),
+        "devices_note": None
+        if spec.trainer.devices in (1, "auto") and spec.trainer.num_nodes == 1
+        else "measured on one process; several devices split the training steps between them",
+    }
+
+
+def step_counts(spec: Spec, batches_per_epoch: int) -> tuple[int, int, int]:
+    """(batches per epoch, optimizer steps per epoch, optimizer steps at most)."""
+    steps_per_epoch = math.ceil(batches_per_epoch / spec.training.gradient_accumulation)
+    steps = spec.training.epochs * steps_per_epoch
+    if spec.training.max_steps is not None:
+        steps = min(steps, spec.training.max_steps)
+    return batches_per_epoch, steps_per_epoch, steps
+
+
+def run_header(spec: Spec, batches_per_epoch: int, trainable: int, total: int) -> str:
+    """The plan's first line, printed by `runner run` before training (no timed steps)."""
+    _, per_epoch, steps = step_counts(spec, batches_per_epoch)
+    return (
+        f"Training: {steps} optimizer steps at most ({per_epoch} per epoch, {spec.training.epochs} epochs), "
+        f"{trainable:,} trainable of {total:,} parameters, {_precision(spec)}. "
+        f"Time and memory estimate: runner plan {spec.source_path or 'SPEC'}"
+    )
+
+
+def plan_text(result: dict) -> str:
+    est = result["estimate_seconds"]
+    lines = [
+        result["data"],
+        "",
+        f"Training: {result['steps']} optimizer steps ({result['steps_per_epoch']} per epoch, "
+        f"{result['epochs']:g} epochs at most; early stopping can only shorten this), "
+        f"{result['trainable_params']:,} trainable of {result['total_params']:,} parameters, {result['precision']}, "
+        f"~{result['train_tokens_per_second']} tokens/s measured here.",
+        "Estimated wall time (measured on a few steps and a sample of every scoring unit on this machine):",
+    ]
+    for key in ("prepare", "load_model", "score_base", "train", "validate", "score_tuned"):
+        note = " (cached: reused from an earlier run)" if key == "score_base" and result["score_base_cached"] else ""
+        lines.append(f"  {key:<12} {_clock(est[key]):>9}{note}")
+    lines.append(f"  {'total':<12} {_clock(est['total']):>9}")
+    lines.append(f"Peak memory (RSS) estimate: {result['peak_rss_mb_estimate']:,} MiB")
+    if result["devices_note"]:
+        lines.append(f"Note: {result['devices_note']}.")
+    return "\n".join(lines)
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+def _precision(spec: Spec) -> str:
+    from runner.training import resolve_precision
+
+    return resolve_precision(spec.trainer.precision, spec.trainer.accelerator)
+
+
+def _time_training(module, datamodule, spec: Spec) -> tuple[float, float]:
+    """Seconds per padded token over a few real training steps, and the process's peak RSS."""
+    from runner.training import timed_steps
+
+    steps = timed_steps(module, datamodule, spec, TIMED_STEPS + 1)
+    timed = steps[1:] or steps  # the first step warms up allocators and kernels
+    per_token = sum(s for s, _, _ in timed) / max(1, sum(n for _, n, _ in timed))
+    return per_token, _peak_rss_mb()
+
+
+def _time_validation(module, datamodule, spec: Spec) -> float:
+    """Seconds per padded token of a validation forward pass."""
+    from runner.forward import completion_token_losses
+
+    batch = next(iter(datamodule.val_dataloader()), None)
+    if batch is None:
+        return 0.0
+    with torch.no_grad(), _autocast(spec):
+        module.model.eval()
+        started = time.perf_counter()
+        completion_token_losses(module.model, batch)
+        seconds = time.perf_counter() - started
+    module.model.train()
+    return seconds / batch["input_ids"].numel()
+
+
+def _autocast(spec: Spec):
+    import contextlib
+
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(_precision(spec))
+    return torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def _scoring_estimate(spec: Spec, inputs: Inputs, model) -> dict:
+    """Base and tuned scoring time: every unit scored on a sample of its rows, times its size.
+
+    The tuned model is scored on the fine-tuned rung and each probe again (drift: two models)."""
+    from runner.scoring import BASE_RUNGS, make_evaluator
+
+    evaluator = make_evaluator(model, inputs.encoder, spec, inputs.fitter)
+    evaluator.progress = lambda total, unit="row": _Quiet()
+    baselines = spec.evaluation.baselines
+    base = tuned = 0.0
+    for data in inputs.tasks:
+        sample, scale = _sample(data.test, spec.seed)
+        part = dataclasses.replace(data, test=sample)
+        for rung, few_shot in BASE_RUNGS.items():
+            if rung in baselines:
+                shots = spec.evaluation.few_shot_k if few_shot else 0
+                base += scale * _seconds(evaluator.evaluate, part, shots=shots, seed=spec.seed)
+        if "fine_tuned" in baselines:
+            tuned += scale * _seconds(evaluator.evaluate, part, seed=spec.seed)
+    for probe in inputs.probes:
+        seconds = _probe_seconds(evaluator, probe)
+        if probe.probe.kind == "drift":
+            tuned += 2 * seconds  # both models' distributions on the same windows
+        else:
+            base += seconds
+            tuned += seconds
+    return {"base": base, "tuned": tuned, "cached": False}
+
+
+def _probe_seconds(evaluator, data: ProbeData) -> float:
+    from runner.probes import run_probe
+
+    if data.probe.kind in ("perplexity", "drift"):
+        windows = evaluator.text_windows(data.text, data.probe.max_tokens)
+        sample = windows[: max(2, SAMPLE_ROWS // 4)]
+        if not sample:
+            return 0.0
+        return len(windows) / len(sample) * _seconds(evaluator.token_nll, sample)
+    n = len(data.prompts)
+    if not n:
+        return 0.0
+    k = min(n, SAMPLE_ROWS)
+    part = dataclasses.replace(
+        data,
+        prompts=data.prompts[:k],
+        answers=data.answers[:k],
+        choices=data.choices[:k],
+        gold=data.gold[:k],
+        checks=data.checks[:k],
+    )
+    return n / k * _seconds(run_probe, evaluator, part)
+
+
+def _sample(rows: list, seed: int) -> tuple[list, float]:
+    if len(rows) <= SAMPLE_ROWS:
+        return rows, 1.0
+    return random.Random(seed).sample(rows, SAMPLE_ROWS), len(rows) / SAMPLE_ROWS
+
+
+def _seconds(work, *args, **kwargs) -> float:
+    started = time.perf_counter()
+    work(*args, **kwargs)
+    return time.perf_counter() - started
+
+
+def _peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 / 1024 if sys.platform == "darwin" else peak / 1024
+
+
+class _Quiet:
+    """A progress bar that draws nothing (the plan's samples are short)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n: int) -> None:
+        pass

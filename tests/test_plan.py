@@ -1,0 +1,47 @@
+"""`runner plan`: the cost of a run before paying for it, from the same inputs and steps."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import base_spec, write_spec
+
+from runner.cli import main
+
+
+def test_plan_counts_steps_and_estimates_time_and_memory(workdir, capsys):
+    spec = base_spec()
+    spec["training"] = {**spec["training"], "epochs": 3, "batch_size": 4}
+    write_spec(workdir / "spec.yaml", spec)
+    assert main(["plan", str(workdir / "spec.yaml"), "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    train = plan["rows"]["sentiment"]["train"]
+    assert plan["batches_per_epoch"] == -(-train // 4)
+    assert plan["steps"] == 3 * plan["steps_per_epoch"]
+    assert 0 < plan["trainable_params"] < plan["total_params"]
+    estimate = plan["estimate_seconds"]
+    for stage in ("load_model", "score_base", "train", "validate", "score_tuned"):
+        assert estimate[stage] >= 0, stage
+    assert estimate["train"] > 0
+    assert estimate["total"] >= sum(estimate[k] for k in ("score_base", "train", "score_tuned"))
+    assert plan["peak_rss_mb_estimate"] > 100
+    assert not (workdir / "runs").exists()  # a plan writes no run folder
+
+
+def test_plan_text_names_the_data_and_the_estimate(workdir, capsys):
+    spec = base_spec()
+    spec["training"] = {**spec["training"], "max_steps": 2}
+    write_spec(workdir / "spec.yaml", spec)
+    assert main(["plan", str(workdir / "spec.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "task sentiment" in out and "Data checks" in out  # runner preview's statistics
+    assert "Training: 2 optimizer steps" in out
+    assert "total" in out and "Peak memory" in out
+
+
+def test_plan_of_a_bad_spec_is_a_located_error(workdir, capsys):
+    spec = base_spec()
+    spec["training"] = {**spec["training"], "max_time": "soon"}
+    write_spec(workdir / "spec.yaml", spec)
+    assert main(["plan", str(workdir / "spec.yaml")]) == 2
+    assert "max_time" in capsys.readouterr().err

@@ -150,7 +150,7 @@ class TrainingSpec:
     early_stopping: EarlyStoppingSpec
     num_workers: int
     group_by_length: bool = True
-    max_batch_tokens: int | None = 4096
+    max_batch_tokens: int | None = 1024
     max_time: float | None = None  # seconds (the spec gives minutes or "[DD:]HH:MM:SS")
 
 

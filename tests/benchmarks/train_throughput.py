@@ -112,7 +112,7 @@ def case_trl(precision: str, batch: int, steps: int, padding_free: bool) -> dict
         "max_steps": steps + 1,
         "learning_rate": spec.training.learning_rate,
         "lr_scheduler_type": "cosine",
-        "warmup_ratio": spec.training.warmup_ratio,
+        "warmup_steps": spec.training.warmup_ratio,  # a float below 1 is a ratio of the steps
         "max_grad_norm": spec.training.gradient_clip,
         "max_length": spec.model.max_length,
         "completion_only_loss": True,
@@ -128,6 +128,8 @@ def case_trl(precision: str, batch: int, steps: int, padding_free: bool) -> dict
         "report_to": "none",
         "seed": 0,
     }
+    if padding_free:
+        settings["max_length"] = None  # TRL demands it without packing; rows are already cut to max_length
     counted: list[tuple[float, int]] = []
 
     class Timing(TrainerCallback):

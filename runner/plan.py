@@ -117,7 +117,11 @@ def plan_text(result: dict) -> str:
         "Estimated wall time (measured on a few steps and a sample of every scoring unit on this machine):",
     ]
     for key in ("prepare", "load_model", "score_base", "train", "validate", "score_tuned"):
-        note = " (cached: reused from an earlier run)" if key == "score_base" and result["score_base_cached"] else ""
+        note = (
+            f" ({result['score_base_cached']} units reused from the score cache)"
+            if key == "score_base" and result["score_base_cached"]
+            else ""
+        )
         lines.append(f"  {key:<12} {_clock(est[key]):>9}{note}")
     lines.append(f"  {'total':<12} {_clock(est['total']):>9}")
     lines.append(f"Peak memory (RSS) estimate: {result['peak_rss_mb_estimate']:,} MiB")
@@ -174,19 +178,29 @@ def _scoring_estimate(spec: Spec, inputs: Inputs, model) -> dict:
     """Base and tuned scoring time: every unit scored on a sample of its rows, times its size.
 
     The tuned model is scored on the fine-tuned rung and each probe again (drift: two models)."""
+    from runner import cache
     from runner.scoring import BASE_RUNGS, make_evaluator
 
     evaluator = make_evaluator(model, inputs.encoder, spec, inputs.fitter)
     evaluator.progress = lambda total, unit="row": _Quiet()
+    context = cache.context_parts(spec, evaluator) if cache.enabled(spec.evaluation.cache) else None
+
+    def cached(parts: dict) -> bool:  # an earlier run stored this base unit: it costs nothing
+        return context is not None and cache.load(cache.fingerprint({"context": context, **parts})) is not None
+
     baselines = spec.evaluation.baselines
     base = tuned = 0.0
+    hits = 0
     for data in inputs.tasks:
         sample, scale = _sample(data.test, spec.seed)
         part = dataclasses.replace(data, test=sample)
         for rung, few_shot in BASE_RUNGS.items():
             if rung in baselines:
                 shots = spec.evaluation.few_shot_k if few_shot else 0
-                base += scale * _seconds(evaluator.evaluate, part, shots=shots, seed=spec.seed)
+                if cached(cache.task_parts(data, rung, shots)):
+                    hits += 1
+                else:
+                    base += scale * _seconds(evaluator.evaluate, part, shots=shots, seed=spec.seed)
         if "fine_tuned" in baselines:
             tuned += scale * _seconds(evaluator.evaluate, part, seed=spec.seed)
     for probe in inputs.probes:
@@ -194,9 +208,12 @@ def _scoring_estimate(spec: Spec, inputs: Inputs, model) -> dict:
         if probe.probe.kind == "drift":
             tuned += 2 * seconds  # both models' distributions on the same windows
         else:
-            base += seconds
             tuned += seconds
-    return {"base": base, "tuned": tuned, "cached": False}
+            if cached(cache.probe_parts(probe)):
+                hits += 1
+            else:
+                base += seconds
+    return {"base": base, "tuned": tuned, "cached": hits}
 
 
 def _probe_seconds(evaluator, data: ProbeData) -> float:

@@ -45,7 +45,7 @@ from runner.scoring import (
     timed,
 )
 from runner.spec import Spec
-from runner.training import FineTuneData, FineTuner, fit, load_weights
+from runner.training import FineTuneData, FineTuner, fit, load_weights, use_activation_checkpointing
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,8 @@ def make_datamodule(inputs: Inputs, spec: Spec) -> FineTuneData:
 
 
 def trainable_module(model: torch.nn.Module, spec: Spec, tasks: list[TaskData]) -> FineTuner:
+    longest = max((len(e.prompt) for t in tasks for e in t.train), default=0)  # characters >= tokens
+    use_activation_checkpointing(model, spec.training, min(longest, spec.model.max_length))
     module = FineTuner(model, spec.training, [t.task.name for t in tasks], save_frozen=spec.method.kind == "full")
     module.train()  # from_pretrained returns eval mode, and Lightning keeps the modes it finds
     return module

@@ -151,6 +151,7 @@ class TrainingSpec:
     num_workers: int
     group_by_length: bool = True
     max_batch_tokens: int | None = 1024
+    activation_checkpointing: bool | str = "auto"
     max_time: float | None = None  # seconds (the spec gives minutes or "[DD:]HH:MM:SS")
 
 

@@ -145,3 +145,49 @@ def test_lora_uses_fast_dropout_and_merged_adapters_score_the_same():
     torch.testing.assert_close(merged, unmerged, atol=1e-4, rtol=1e-4)
     for name, param in model.named_parameters():
         torch.testing.assert_close(param, before[name], atol=1e-6, rtol=1e-6)
+
+
+def lora_tiny(seed: int = 6):
+    from runner.model import apply_method
+    from runner.spec import LoraSpec, MethodSpec
+
+    model, tokenizer = random_tiny(seed=seed)
+    method = MethodSpec(kind="lora", lora=LoraSpec(r=4, alpha=8, dropout=0.0, target_modules="all-linear"))
+    return apply_method(model, method), tokenizer
+
+
+def lora_gradients(model, batch) -> dict[str, torch.Tensor]:
+    model.train()
+    losses, _ = completion_token_losses(model, batch)
+    losses.mean().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    return grads
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    import copy
+
+    from runner.training import use_activation_checkpointing
+
+    plain, tokenizer = lora_tiny()
+    checkpointed = copy.deepcopy(plain)  # the same adapters (peft draws lora_A at random)
+    batch = ragged_batch(tokenizer, [30, 12, 50])
+    training = type("T", (), {"activation_checkpointing": True, "max_batch_tokens": 1024, "batch_size": 8})()
+    assert use_activation_checkpointing(checkpointed, training, longest_row=64)
+    assert any(getattr(m, "gradient_checkpointing", False) for m in checkpointed.modules())
+    expected, got = lora_gradients(plain, batch), lora_gradients(checkpointed, batch)
+    assert expected.keys() == got.keys() and expected
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], atol=1e-5, rtol=1e-4)
+
+
+def test_activation_checkpointing_auto_turns_on_only_when_memory_is_short(monkeypatch):
+    from runner import training as training_module
+
+    training = type("T", (), {"activation_checkpointing": "auto", "max_batch_tokens": 1024, "batch_size": 8})()
+    model, _ = lora_tiny()
+    monkeypatch.setattr(training_module, "available_memory", lambda: 16e9)
+    assert not training_module.use_activation_checkpointing(model, training, longest_row=64)
+    monkeypatch.setattr(training_module, "available_memory", lambda: 1e3)
+    assert training_module.use_activation_checkpointing(model, training, longest_row=64)

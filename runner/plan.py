@@ -72,7 +72,7 @@ def plan(spec: Spec) -> dict:
         "estimate_seconds": {
             "prepare": round(prepare_s, 1),
             "load_model": round(load_s, 1),
-            "score_base": round(scoring["base"], 1),
+            "score_base": round(scoring["base"], 2),
             "train": round(train_s, 1),
             "validate": round(val_s, 1),
             "score_tuned": round(scoring["tuned"], 1),

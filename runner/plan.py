@@ -56,7 +56,15 @@ def plan(spec: Spec) -> dict:
     val_per_token = _time_validation(module, datamodule, spec)
     train_s = per_token * train_tokens * epochs
     val_s = val_per_token * val_tokens * math.ceil(epochs)
-    total_s = prepare_s + load_s + scoring["base"] + train_s + val_s + scoring["tuned"]
+    seconds = {
+        "prepare": prepare_s,
+        "load_model": load_s,
+        "score_base": scoring["base"],
+        "train": train_s,
+        "validate": val_s,
+        "score_tuned": scoring["tuned"],
+    }
+    stages = {stage: round(value, 2) for stage, value in seconds.items()}
     return {
         "data": summary_text(inputs, spec),
         "rows": {t.task.name: {"train": len(t.train), "val": len(t.val), "test": len(t.test)} for t in inputs.tasks},
@@ -69,15 +77,7 @@ def plan(spec: Spec) -> dict:
         "precision": _precision(spec),
         "train_tokens_per_epoch": train_tokens,
         "train_tokens_per_second": round(1 / per_token, 1) if per_token else None,
-        "estimate_seconds": {
-            "prepare": round(prepare_s, 1),
-            "load_model": round(load_s, 1),
-            "score_base": round(scoring["base"], 2),
-            "train": round(train_s, 1),
-            "validate": round(val_s, 1),
-            "score_tuned": round(scoring["tuned"], 1),
-            "total": round(total_s, 1),
-        },
+        "estimate_seconds": {**stages, "total": round(sum(stages.values()), 2)},
         "score_base_cached": scoring["cached"],
         "peak_rss_mb_estimate": round(peak_mb),
         "devices_note": None

@@ -45,9 +45,7 @@ def completion_token_losses(model: torch.nn.Module, batch: dict) -> tuple[torch.
     The batch is left-padded (`data.collate`): the targets of every row lie in the last
     `width` columns, where `width` is the longest completion in the batch.
     """
-    labels = batch["labels"]
-    # A row's first token has nothing before it to predict it from (left of it is padding).
-    targets = labels[:, 1:].masked_fill(batch["attention_mask"][:, :-1] == 0, IGNORE_INDEX)
+    targets = completion_targets(batch)
     has_target = (targets != IGNORE_INDEX).any(0)
     # First column (of the shifted targets) holding any target. The window is counted from the
     # end, so it still covers the same tokens when a peft method prepends virtual tokens; its
@@ -65,6 +63,12 @@ def completion_token_losses(model: torch.nn.Module, batch: dict) -> tuple[torch.
     mask = targets != IGNORE_INDEX
     losses = F.cross_entropy(logits[mask].float(), targets[mask], reduction="none")
     return losses, mask.nonzero()[:, 0]
+
+
+def completion_targets(batch: dict) -> torch.Tensor:
+    """The token each position predicts, IGNORE_INDEX where it carries no loss. A row's first
+    token has nothing before it to predict it from (left of it is padding)."""
+    return batch["labels"][:, 1:].masked_fill(batch["attention_mask"][:, :-1] == 0, IGNORE_INDEX)
 
 
 def completion_logprobs(model: torch.nn.Module, batch: dict) -> torch.Tensor:

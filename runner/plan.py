@@ -13,8 +13,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-import resource
-import sys
 import time
 
 import torch
@@ -22,6 +20,7 @@ import torch
 from runner.inputs import Inputs, prepare_inputs
 from runner.preview import summary_text
 from runner.probes import ProbeData
+from runner.report import peak_rss_mb
 from runner.spec import Spec
 
 TIMED_STEPS = 3  # after one warm-up step
@@ -148,7 +147,7 @@ def _time_training(module, datamodule, spec: Spec) -> tuple[float, float]:
     steps = timed_steps(module, datamodule, spec, TIMED_STEPS + 1)
     timed = steps[1:] or steps  # the first step warms up allocators and kernels
     per_token = sum(s for s, _, _ in timed) / max(1, sum(n for _, n, _ in timed))
-    return per_token, _peak_rss_mb()
+    return per_token, peak_rss_mb()
 
 
 def _time_validation(module, datamodule, spec: Spec) -> float:
@@ -250,11 +249,6 @@ def _seconds(work, *args, **kwargs) -> float:
     started = time.perf_counter()
     work(*args, **kwargs)
     return time.perf_counter() - started
-
-
-def _peak_rss_mb() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 1024 / 1024 if sys.platform == "darwin" else peak / 1024
 
 
 class _Quiet:

@@ -29,7 +29,7 @@ from transformers import get_scheduler
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from runner.data import IGNORE_INDEX, Collator, Encoder, TaskData
-from runner.forward import completion_token_losses
+from runner.forward import completion_targets, completion_token_losses
 from runner.spec import Spec, TrainingSpec
 
 MONITOR = "val/loss"
@@ -109,9 +109,6 @@ class FineTuner(L.LightningModule):
         self.val_loss = MeanMetric()
         self.val_task_loss = torch.nn.ModuleList(MeanMetric() for _ in task_names)
         self.history: dict[int, dict[str, float]] = {}
-        self.train_tokens = 0
-        self.train_step_seconds = 0.0
-        self._step_started = 0.0
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         spec = self.training_spec
@@ -133,13 +130,6 @@ class FineTuner(L.LightningModule):
         self.train_loss.update(loss, weight=targets)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
-
-    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
-        self._step_started = time.perf_counter()
-
-    def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
-        self.train_step_seconds += time.perf_counter() - self._step_started
-        self.train_tokens += int(batch["attention_mask"].sum())
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         losses, rows = completion_token_losses(self.model, batch)
@@ -265,8 +255,8 @@ def available_memory() -> float:
 
 
 def count_targets(batch: dict) -> int:
-    """Completion tokens the loss is taken over (a row's first token is never one)."""
-    return int((batch["labels"][:, 1:] != IGNORE_INDEX).logical_and(batch["attention_mask"][:, :-1] == 1).sum())
+    """Completion tokens the loss is taken over."""
+    return int((completion_targets(batch) != IGNORE_INDEX).sum())
 
 
 def micro_batches(batch: dict, max_tokens: int | None) -> list[dict]:
@@ -342,7 +332,7 @@ def build_trainer(
     )
     # Rich draws a live bar on a terminal; in a log file (CI, nohup) tqdm's plain lines read better.
     progress = RichProgressBar() if sys.stdout.isatty() else TQDMProgressBar(refresh_rate=10)
-    callbacks = [checkpoint, LearningRateMonitor(logging_interval="step"), progress]
+    callbacks = [checkpoint, LearningRateMonitor(logging_interval="step"), progress, StepTimer()]
     early = None
     if training.early_stopping.enabled:
         early = EarlyStopping(
@@ -388,6 +378,7 @@ def fit(
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True if resume_from else None)
     seconds = time.perf_counter() - started
+    timer = next(c for c in trainer.callbacks if isinstance(c, StepTimer))
     history = [{"epoch": e, **v} for e, v in sorted(module.history.items())]
     scored = [h for h in history if "val_loss" in h]
     best = min(scored, key=lambda h: h["val_loss"]) if scored else None
@@ -403,8 +394,8 @@ def fit(
         best_checkpoint=best_path,
         last_checkpoint=last_path,
         history=history,
-        tokens=module.train_tokens * trainer.world_size,  # each rank counts its own share
-        step_seconds=module.train_step_seconds,
+        tokens=sum(real for _, _, real in timer.steps) * trainer.world_size,  # each rank counts its own share
+        step_seconds=sum(seconds for seconds, _, _ in timer.steps),
         global_steps=trainer.global_step,
     )
     return result, trainer

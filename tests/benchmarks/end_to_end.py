@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -27,6 +26,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from machine import machine_lines
 
 PROJECT = Path(__file__).resolve().parents[2]
 STAGES = (
@@ -38,33 +39,6 @@ STAGES = (
     "report_seconds",
 )
 SAMPLE_EVERY = 0.5  # seconds between /proc samples
-
-
-def machine_lines(precision: str) -> list[str]:
-    import torch
-    import transformers
-
-    from runner.training import cpu_has_fast_bf16
-
-    model = next(
-        (line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines() if line.startswith("model name")),
-        platform.processor() or "unknown",
-    )
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return [
-        f"cpu: {model}; {usable} usable of {os.cpu_count()} logical cores; torch threads "
-        f"{torch.get_num_threads()} (inter-op {torch.get_num_interop_threads()}); native bf16: {cpu_has_fast_bf16()}",
-        f"torch {torch.__version__}, transformers {transformers.__version__}, python {platform.python_version()}"
-        + (f", cuda {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""),
-        f"precision: {precision}; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
-    ]
-
-
-def _cpuinfo() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
 
 
 def resolved_precision(spec: Path, overrides: list[str]) -> str:

@@ -26,12 +26,11 @@ import contextlib
 import inspect
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import torch
-import transformers
+from machine import machine_lines
 
 from runner.data import load_template, render_example
 from runner.evaluation import Evaluator, left_pad
@@ -39,34 +38,11 @@ from runner.inputs import prepare_inputs
 from runner.model import load_model
 from runner.scoring import make_evaluator
 from runner.spec import SUITES_DIR, load_spec
-from runner.training import cpu_has_fast_bf16
 
 PROJECT = Path(__file__).resolve().parents[2]
 ARC_DIR = PROJECT.parent / "shared" / "data" / "arc_easy"
 MC_TEMPLATE = SUITES_DIR / "general" / "multiple_choice.jinja"  # the built-in probe's prompt format
 PRECISIONS = {"auto": "auto", "bf16": "bf16-mixed", "fp32": "32-true"}
-
-
-def machine_lines() -> list[str]:
-    model = next(
-        (line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines() if line.startswith("model name")),
-        platform.processor() or "unknown",
-    )
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return [
-        f"cpu: {model}; {usable} usable of {os.cpu_count()} logical cores; torch threads "
-        f"{torch.get_num_threads()} (inter-op {torch.get_num_interop_threads()}); native bf16: {cpu_has_fast_bf16()}",
-        f"torch {torch.__version__}, transformers {transformers.__version__}, python {platform.python_version()}"
-        + (f", cuda {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""),
-        f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} (other work on the machine slows every timing)",
-    ]
-
-
-def _cpuinfo() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
 
 
 def _sync(device: torch.device) -> None:

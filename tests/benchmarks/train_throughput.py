@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -282,10 +281,9 @@ def main() -> None:
         print(json.dumps(result))
         return
 
-    import torch
+    from machine import machine_lines
 
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    print(f"cpu: {cpu} ({platform.machine()}); torch threads {torch.get_num_threads()}; native bf16: {cpu_has_fast_bf16()}")
+    print("\n".join(machine_lines()))
     print(f"model {SOURCE}, batch {args.batch}, {args.steps} timed steps per case, precision {precision}")
     shapes = model_shapes()
     dtype = "bf16" if precision == "bf16-mixed" else "fp32"

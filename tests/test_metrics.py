@@ -40,6 +40,17 @@ def test_normalize_answer_for_exact_match():
     assert normalize_answer("Paris, France") != normalize_answer("Paris")
 
 
+def direct_completion_logprob(model, row) -> float:
+    """Log-probability of a row's completion from the model's full logits, one row at a time.
+    Logits are taken from the end, so virtual tokens a peft method prepends are skipped."""
+    ids = torch.tensor([row["input_ids"]])
+    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -ids.shape[1] : -1]
+    logprobs = F.log_softmax(logits.float(), dim=-1)
+    targets = ids[0, 1:]
+    keep = torch.tensor(row["labels"][1:]) != -100
+    return float(logprobs[torch.arange(len(targets)), targets][keep].sum())
+
+
 def test_completion_logprobs_match_a_direct_computation():
     model, tokenizer = random_tiny(seed=3)
     model.eval()
@@ -52,12 +63,7 @@ def test_completion_logprobs_match_a_direct_computation():
     with torch.no_grad():
         fast = completion_logprobs(model, batch)
         for i, row in enumerate(rows):
-            ids = torch.tensor([row["input_ids"]])
-            logprobs = F.log_softmax(model(ids).logits[0, :-1].float(), dim=-1)
-            targets = ids[0, 1:]
-            keep = torch.tensor(row["labels"][1:]) != -100
-            direct = logprobs[torch.arange(len(targets)), targets][keep].sum()
-            assert fast[i] == pytest.approx(float(direct), abs=1e-4)
+            assert fast[i] == pytest.approx(direct_completion_logprob(model, row), abs=1e-4)
 
 
 def test_label_scoring_picks_the_most_likely_label():
@@ -74,15 +80,6 @@ def test_label_scoring_picks_the_most_likely_label():
             single = evaluator.sequence_logprobs([row])[0]
             assert scores[i, j] == pytest.approx(float(single), abs=1e-4)
     assert model.training  # evaluation restores the train/eval mode it found
-
-
-def direct_completion_logprob(model, row) -> float:
-    """Log-probability of a row's completion from the model's full logits, one row at a time."""
-    ids = torch.tensor([row["input_ids"]])
-    logprobs = F.log_softmax(model(ids).logits[0, :-1].float(), dim=-1)
-    targets = ids[0, 1:]
-    keep = torch.tensor(row["labels"][1:]) != -100
-    return float(logprobs[torch.arange(len(targets)), targets][keep].sum())
 
 
 def test_scores_go_through_the_models_own_forward():
@@ -122,9 +119,5 @@ def test_prompt_tuning_virtual_tokens_are_part_of_the_loss():
     with torch.no_grad():
         batched = completion_logprobs(peft_model, batch)
         for i, row in enumerate(rows):
-            ids = torch.tensor([row["input_ids"]])
-            logits = peft_model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -ids.shape[1] : -1]
-            logprobs = F.log_softmax(logits.float(), dim=-1)
-            keep = torch.tensor(row["labels"][1:]) != -100
-            direct = logprobs[torch.arange(ids.shape[1] - 1), ids[0, 1:]][keep].sum()
-            assert batched[i] == pytest.approx(float(direct), abs=1e-4 if i == 2 else 1e-2)
+            direct = direct_completion_logprob(peft_model, row)
+            assert batched[i] == pytest.approx(direct, abs=1e-4 if i == 2 else 1e-2)

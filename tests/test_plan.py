@@ -48,7 +48,9 @@ def test_plan_of_a_bad_spec_is_a_located_error(workdir, capsys):
     assert "max_time" in capsys.readouterr().err
 
 
-def test_plan_counts_base_scores_already_cached_as_free(workdir, capsys):
+def test_plan_counts_base_scores_already_cached_as_free(workdir, capsys, monkeypatch, tmp_path):
+    # A cache of its own: other tests of this session score the same tiny spec.
+    monkeypatch.setenv("RUNNER_SCORE_CACHE", str(tmp_path / "scores"))
     write_spec(workdir / "spec.yaml", base_spec())
     assert main(["plan", str(workdir / "spec.yaml"), "--json"]) == 0
     before = json.loads(capsys.readouterr().out)

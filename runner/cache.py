@@ -48,6 +48,8 @@ NOT_SCORING = {
     "checks.py",
     "cli.py",
     "compare.py",
+    "comparison.py",
+    "experiment.py",
     "errors.py",
     "folder.py",
     "plots.py",
@@ -76,9 +78,10 @@ def fingerprint(parts: dict) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def load(key: str) -> dict | None:
-    """The value stored under `key`, tensors restored; None for a miss or an unusable entry."""
-    path = scores_dir() / f"{key}.json"
+def load(key: str, folder: Path | None = None) -> dict | None:
+    """The value stored under `key` (in `folder`, default `scores_dir()`), tensors restored;
+    None for a miss or an unusable entry."""
+    path = (folder or scores_dir()) / f"{key}.json"
     try:
         entry = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(entry, dict) or entry.get("fingerprint") != key or not isinstance(entry.get("value"), dict):
@@ -91,10 +94,11 @@ def load(key: str) -> dict | None:
         return None
 
 
-def store(key: str, value: dict, about: dict | None = None) -> None:
-    """Write `value` (tensors as lists) under `key`, atomically: a temporary file in the same
-    folder, then a rename, so a reader never sees half an entry. Failures are logged, not raised."""
-    folder = scores_dir()
+def store(key: str, value: dict, about: dict | None = None, folder: Path | None = None) -> None:
+    """Write `value` (tensors as lists) under `key` (in `folder`, default `scores_dir()`),
+    atomically: a temporary file in the same folder, then a rename, so a reader never sees half
+    an entry. Failures are logged, not raised."""
+    folder = folder or scores_dir()
     entry = {"fingerprint": key, "about": {**(about or {}), "stored_at": time.time()}, "value": _encode(value)}
     tmp = None
     try:

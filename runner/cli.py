@@ -47,7 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_overrides(run)
     run.add_argument("--output-dir", type=Path, help="where run folders go (overrides output_dir)")
     run.add_argument(
-        "--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run from its checkpoints/last.ckpt"
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue an interrupted run from its checkpoints/last.ckpt; for an experiment, its folder: "
+        "runs only the runs that did not finish",
+    )
+    run.add_argument(
+        "--only",
+        action="append",
+        metavar="NAME",
+        help="an experiment: run only this variant (or run); repeatable",
     )
     run.set_defaults(func=cmd_run)
 
@@ -60,7 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--output-dir", type=Path, help="where run folders go (overrides output_dir)")
     evaluate.set_defaults(func=cmd_eval)
 
-    compare = sub.add_parser("compare", help="write a side-by-side table of several runs (markdown and html)")
+    compare = sub.add_parser(
+        "compare",
+        help="write a side-by-side table of several runs (markdown and html); given one experiment folder, "
+        "write its comparison again",
+    )
     compare.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
     compare.add_argument(
         "--output", type=Path, default=Path("."), help="folder for compare.md and compare.html (default: .)"
@@ -119,6 +133,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec, args.overrides)
     if args.resume is not None and not args.resume.is_dir():
         raise RunnerError(f"--resume {args.resume}: not a run folder.")
+    if spec.is_experiment:
+        from runner.experiment import run_experiment_runs
+
+        parent = run_experiment_runs(spec, output_dir=args.output_dir, resume=args.resume, only=args.only)
+        print((parent / "comparison.md").read_text())
+        print(f"Comparison: {parent / 'comparison.html'}; runs in {parent / 'variants'}")
+        print(f"TensorBoard (HParams compares the runs): tensorboard --logdir {parent / 'variants'}")
+        return 0
+    if args.only:
+        raise RunnerError("--only names runs of an experiment; this spec has no variants, seeds or curve.")
     run_dir = run_experiment(spec, output_dir=args.output_dir, resume=args.resume)
     if is_rank_zero():  # other ranks of a multi-process strategy have trained; rank 0 reports
         print_summary(run_dir)
@@ -157,9 +181,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from runner.compare import write_comparison
+    from runner.comparison import is_experiment
 
-    md_path, html_path, markdown = write_comparison(args.run_dirs, args.output)
+    if len(args.run_dirs) == 1 and is_experiment(args.run_dirs[0]):
+        from runner.comparison import write_comparison as write_experiment_comparison
+
+        md_path, html_path, markdown = write_experiment_comparison(args.run_dirs[0])
+    else:
+        from runner.compare import write_comparison
+
+        md_path, html_path, markdown = write_comparison(args.run_dirs, args.output)
     print(markdown)
     print(f"Written: {md_path} and {html_path}")
     return 0

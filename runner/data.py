@@ -18,7 +18,7 @@ import torch
 from jinja2.sandbox import SandboxedEnvironment
 
 from runner.errors import DataError
-from runner.spec import DataSource, Spec, SplitFiles, TaskSpec
+from runner.spec import DATA_EXTENSIONS, DataSource, ReplaySpec, Spec, SplitFiles, SplitSpec, TaskSpec
 
 SEPARATOR = "|||"
 IGNORE_INDEX = -100
@@ -345,6 +345,13 @@ def prepare_source(tasks: list[TaskSpec], seed: int) -> list[TaskData]:
             )
         out.append(TaskData(task, splits["train"], splits["val"], splits["test"], rows_read=rows_read, files=origin))
     return out
+
+
+def prepare_replay(replay: ReplaySpec) -> list[Example]:
+    """Replay rows (the built-in general set or the user's file) as prompt-completion examples."""
+    source = DataSource(path=replay.data, format=DATA_EXTENSIONS.get(replay.data.suffix.lower(), "jsonl"))
+    task = TaskSpec(name="replay", data=source, template=replay.template, split=SplitSpec(1.0, 0.0, 0.0))
+    return build_examples(task, list(enumerate(read_rows(source), 1)))
 
 
 def _fractions(task: TaskSpec, part: str, has_val_file: bool) -> tuple[float, float, float] | None:

@@ -4,6 +4,7 @@ exported model."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import importlib.metadata
 import platform
@@ -126,6 +127,8 @@ def start_report(spec: Spec, run_dir: Path, mode: str) -> dict:
         "description": spec.description,
         "run_dir": str(run_dir),
         "spec_path": str(spec.source_path) if spec.source_path else None,
+        "variant": dataclasses.asdict(spec.run) if spec.run else None,
+        "primary_task": spec.primary_task,
         "started_at": _now(),
         "model": {
             "source": spec.model.source,

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from runner import checks
-from runner.data import Encoder, TaskData, prepare_data
+from runner.data import Encoder, Example, TaskData, prepare_data, prepare_replay
 from runner.model import load_tokenizer
 from runner.spec import Spec
 from runner.truncation import Fitter, fit_tasks
@@ -31,6 +31,7 @@ class Inputs:
     fitter: Fitter
     findings: list[checks.Finding]
     seconds: float = 0.0  # wall time to prepare all of this
+    replay: list[Example] = field(default_factory=list)  # general rows mixed into training (spec.replay)
 
 
 def prepare_inputs(spec: Spec, with_probes: bool = True, enforce_checks: bool = True) -> Inputs:
@@ -48,7 +49,8 @@ def prepare_inputs(spec: Spec, with_probes: bool = True, enforce_checks: bool = 
     findings = checks.run_checks(tasks, encoder, spec.data_checks)
     if enforce_checks:
         checks.raise_failures(findings, str(spec.source_path or spec.name))
-    return Inputs(tasks, probes, encoder, fitter, findings, time.perf_counter() - started)
+    replay = prepare_replay(spec.replay) if spec.replay is not None else []
+    return Inputs(tasks, probes, encoder, fitter, findings, time.perf_counter() - started, replay)
 
 
 def print_findings(findings: list[checks.Finding]) -> None:

@@ -116,3 +116,61 @@ def data_uri(png: bytes) -> str:
 
 def close(fig: Figure) -> None:
     plt.close(fig)
+
+
+def variants_chart(variants: dict, base: dict, metric: str) -> Figure:
+    """An experiment's variants: the primary task's metric with its 95% interval, and the
+    untouched model's zero- and few-shot lines for reference."""
+    names = list(variants)
+    values = [variants[n][metric] for n in names]
+    cis = [variants[n].get("ci95") or [v, v] for n, v in zip(names, values)]
+    fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(names) + 2), 3.6))
+    ax.bar(
+        names,
+        values,
+        yerr=[[v - lo for v, (lo, _) in zip(values, cis)], [hi - v for v, (_, hi) in zip(values, cis)]],
+        capsize=6,
+        color=RUNG_COLORS["fine_tuned"],
+    )
+    _base_lines(ax, base, metric)
+    for i, v in enumerate(values):
+        ax.annotate(f"{v:.2f}", (i, 0.02), ha="center", va="bottom", fontsize=9, color="white")
+    ax.set_ylabel(f"test {metric}")
+    ax.set_ylim(0, 1)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def curve_chart(points: list[dict], base: dict, metric: str) -> Figure:
+    """The data-efficiency curve: test metric (95% interval) by training rows."""
+    rows = [p["train_rows"] for p in points]
+    values = [p[metric] for p in points]
+    cis = [p.get("ci95") or [v, v] for p, v in zip(points, values)]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.errorbar(
+        rows,
+        values,
+        yerr=[[v - lo for v, (lo, _) in zip(values, cis)], [hi - v for v, (_, hi) in zip(values, cis)]],
+        fmt="o-",
+        capsize=5,
+        color=RUNG_COLORS["fine_tuned"],
+        label="fine-tuned",
+    )
+    _base_lines(ax, base, metric)
+    ax.set_xscale("log")
+    ax.set_xticks(rows, [str(r) for r in rows])
+    ax.minorticks_off()
+    ax.set_xlabel("training rows (log scale)")
+    ax.set_ylabel(f"test {metric}")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def _base_lines(ax, base: dict, metric: str) -> None:
+    for rung, m in base.items():
+        ax.axhline(m[metric], color=RUNG_COLORS[rung], linestyle="--", linewidth=1.2, label=RUNG_TITLES[rung])

@@ -69,9 +69,26 @@ DELTAS = (("fine_tuned", "base_zero_shot"), ("fine_tuned", "base_few_shot"), ("f
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process (Linux reports KiB, macOS bytes)."""
+    """Peak resident memory of this process since it started or since `reset_peak_rss` (Linux
+    VmHWM; elsewhere the process's ru_maxrss, KiB on Linux, bytes on macOS)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
+def reset_peak_rss() -> bool:
+    """Start peak_rss_mb afresh (Linux: writing 5 to /proc/self/clear_refs), so that runs of one
+    experiment in one process each report their own peak. False where the system cannot."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -226,6 +243,36 @@ def forgetting_sentence(forgetting: dict) -> str:
 # --- documents: one structure, rendered to markdown and html --------------------------------
 
 
+def training_data_sentence(report: dict) -> str:
+    """What an epoch trained on, when it is not simply every train row once: a sample of the
+    train split, a weighted mixture, or replay rows (with the share they got of rows and tokens)."""
+    data = report.get("training_data")
+    if not data:
+        return ""
+    per_epoch = data["per_epoch"]
+    parts = []
+    primary = report.get("primary_task")
+    if data.get("train_rows") and primary in per_epoch:
+        split = report["tasks"][primary]["data"]["train"]
+        parts.append(
+            f"Trained on a stratified sample of {per_epoch[primary]['available']} of the {split} train rows of "
+            f"{primary} (training.train_rows); validation and test rows are the full splits."
+        )
+    replay = data.get("replay")
+    if replay:
+        e = per_epoch["replay"]
+        parts.append(
+            f"Replay: share {replay['share']:g} of {replay['of']} from {Path(replay['data']).name}: {e['rows']} rows per "
+            f"epoch (of {e['available']}), {e['row_share']:.1%} of the rows and {e['token_share']:.1%} of the loss tokens; "
+            "trained on, never scored as a task, left out of validation loss."
+        )
+    tasks = {n: e for n, e in per_epoch.items() if n != "replay"}
+    if len(tasks) > 1:
+        shares = ", ".join(f"{n} {e['rows']} rows ({e['token_share']:.1%} of loss tokens)" for n, e in tasks.items())
+        parts.append(f"Each epoch's mixture: {shares}.")
+    return " ".join(parts)
+
+
 def document(report: dict, images: dict[str, str]) -> list[tuple]:
     """The report as blocks: ("h1"|"h2"|"p", text), ("table", header, rows), ("img", key, alt)."""
     blocks: list[tuple] = [("h1", report["name"])]
@@ -241,6 +288,18 @@ def document(report: dict, images: dict[str, str]) -> list[tuple]:
             f"method `{model['method']}`. Run folder `{report['run_dir']}`.",
         )
     )
+    variant = report.get("variant")
+    if variant:
+        blocks.append(
+            (
+                "p",
+                f"Run `{variant['name']}` of an experiment (variant `{variant['variant']}`, training seed "
+                f"{variant['seed']}); the experiment's comparison.html sets it beside the others.",
+            )
+        )
+    mix = training_data_sentence(report)
+    if mix:
+        blocks.append(("p", mix))
     for note in report.get("notes", []):
         blocks.append(("p", f"Note: {note}"))
     for name, task in report.get("tasks", {}).items():

@@ -66,8 +66,13 @@ def run_experiment(spec: Spec, output_dir: Path | None = None, resume: Path | No
     print_findings(inputs.findings)
     run_dir = resume if resume is not None else new_run_dir(output_dir or spec.output_dir, spec.name)
     os.environ[RUN_DIR_ENV] = str(run_dir)  # inherited by the processes a strategy launches
+    return train_run(spec, run_dir, inputs, resume_from)
+
+
+def train_run(spec: Spec, run_dir: Path, inputs: Inputs, resume_from: Path | None, shared: Path | None = None) -> Path:
+    """Train and score one run into an existing folder (`shared`: an experiment's base_scores/)."""
     return _guarded(
-        spec, run_dir, "train", inputs, lambda report: _train_flow(spec, run_dir, report, inputs, resume_from)
+        spec, run_dir, "train", inputs, lambda report: _train_flow(spec, run_dir, report, inputs, resume_from, shared)
     )
 
 
@@ -90,7 +95,7 @@ def _worker_flow(spec: Spec, run_dir: Path, resume_from: Path | None) -> None:
     """Rank > 0: the same data, model and trainer as rank 0, without scoring or writing."""
     import lightning as L
 
-    L.seed_everything(spec.seed, verbose=False)
+    L.seed_everything(spec.training.seed, verbose=False)
     inputs = prepare_inputs(spec, with_probes=False)
     model, _ = prepared_model(spec)
     datamodule = make_datamodule(inputs, spec)
@@ -103,9 +108,20 @@ def prepared_model(spec: Spec) -> tuple[torch.nn.Module, object]:
 
 
 def make_datamodule(inputs: Inputs, spec: Spec) -> FineTuneData:
+    """Training data: every task's rows (the primary task's cut to training.train_rows, sampled
+    with the split seed so that every training seed sees the same rows) and replay rows."""
     training = spec.training
     return FineTuneData(
-        inputs.tasks, inputs.encoder, training.batch_size, training.num_workers, spec.seed, training.group_by_length
+        inputs.tasks,
+        inputs.encoder,
+        training.batch_size,
+        training.num_workers,
+        training.seed,
+        training.group_by_length,
+        replay=inputs.replay,
+        replay_spec=spec.replay,
+        train_rows={spec.primary_task: training.train_rows} if training.train_rows else None,
+        sample_seed=spec.seed,
     )
 
 
@@ -115,6 +131,14 @@ def trainable_module(model: torch.nn.Module, spec: Spec, tasks: list[TaskData]) 
     module = FineTuner(model, spec.training, [t.task.name for t in tasks], save_frozen=spec.method.kind == "full")
     module.train()  # from_pretrained returns eval mode, and Lightning keeps the modes it finds
     return module
+
+
+def describe_training_data(datamodule: FineTuneData, spec: Spec) -> dict:
+    """What one epoch trains on: rows and loss tokens per task and replay, and their shares."""
+    out = {"per_epoch": datamodule.mixture(), "train_rows": spec.training.train_rows, "seed": spec.training.seed}
+    if spec.replay is not None:
+        out["replay"] = {"share": spec.replay.share, "of": spec.replay.of, "data": str(spec.replay.data)}
+    return out
 
 
 def needs_base_copy(spec: Spec) -> bool:
@@ -163,16 +187,19 @@ def resume_command(spec: Spec, run_dir: Path) -> str:
     return f"runner run {spec.source_path or 'SPEC'} --resume {run_dir}"
 
 
-def _train_flow(spec: Spec, run_dir: Path, report: dict, inputs: Inputs, resume_from: Path | None) -> None:
+def _train_flow(
+    spec: Spec, run_dir: Path, report: dict, inputs: Inputs, resume_from: Path | None, shared: Path | None
+) -> None:
     import lightning as L
 
-    L.seed_everything(spec.seed, verbose=False)
+    L.seed_everything(spec.training.seed, verbose=False)
     with timed(report, "load_model_seconds"):
         model, tokenizer = prepared_model(spec)
     datamodule = make_datamodule(inputs, spec)
+    report["training_data"] = describe_training_data(datamodule, spec)
     (run_dir / "predictions.jsonl").unlink(missing_ok=True)  # a resumed run scores everything again
 
-    scoring = Scoring(spec, inputs.tasks, inputs.probes, report, run_dir)
+    scoring = Scoring(spec, inputs.tasks, inputs.probes, report, run_dir, shared=shared)
     evaluator = make_evaluator(model, inputs.encoder, spec, inputs.fitter)
     with timed(report, "score_base_seconds"):
         score_base(evaluator, scoring)
@@ -265,6 +292,10 @@ def hparams(spec: Spec) -> dict:
     """Flat settings for TensorBoard's HParams tab."""
     lora = spec.method.lora
     return {
+        "variant": spec.run.variant if spec.run else "",
+        "training_seed": spec.training.seed,
+        "train_rows": spec.training.train_rows or 0,
+        "replay_share": spec.replay.share if spec.replay else 0.0,
         "model": spec.model.source,
         "method": spec.method.kind,
         "lora_r": lora.r if spec.method.kind == "lora" else 0,

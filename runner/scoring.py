@@ -40,6 +40,28 @@ class Scoring:
     probes_after: dict[str, tuple[dict, torch.Tensor | None]] = field(default_factory=dict)
     drift: dict[str, dict] = field(default_factory=dict)
     cached: dict[str, str] = field(default_factory=dict)  # base unit ("task rung", "probe name") -> fingerprint
+    # An experiment's base_scores/ folder: its runs score the base model once and share it,
+    # whether or not the user's score cache is on.
+    shared: Path | None = None
+    shared_hits: list[str] = field(default_factory=list)
+
+    def cache_folders(self) -> list[Path]:
+        """Where base scores are looked up and stored: the experiment's folder, then the cache."""
+        folders = [self.shared] if self.shared is not None else []
+        return folders + ([cache.scores_dir()] if cache.enabled(self.spec.evaluation.cache) else [])
+
+    def lookup(self, key: str, unit: str) -> dict | None:
+        for folder in self.cache_folders():
+            hit = cache.load(key, folder)
+            if hit is not None:
+                if folder == self.shared:
+                    self.shared_hits.append(unit)
+                return hit
+        return None
+
+    def keep(self, key: str, value: dict, about: dict) -> None:
+        for folder in self.cache_folders():
+            cache.store(key, value, about, folder)
 
 
 def score_base(evaluator: Evaluator, scoring: Scoring) -> None:
@@ -52,7 +74,7 @@ def score_base(evaluator: Evaluator, scoring: Scoring) -> None:
     cacheable = any(r in spec.evaluation.baselines for r in BASE_RUNGS) or any(
         p.probe.kind != "drift" for p in scoring.probes
     )
-    use_cache = cacheable and cache.enabled(spec.evaluation.cache)
+    use_cache = cacheable and bool(scoring.cache_folders())
     context = cache.context_parts(spec, evaluator) if use_cache else None
     if "majority" in spec.evaluation.baselines:
         score_tasks("majority", scoring, majority_baseline)
@@ -79,13 +101,14 @@ def _cached_rung(scoring: Scoring, context: dict, rung: str, shots: int, score):
 
     def cached_score(data: TaskData) -> tuple[dict, list[dict]]:
         key = cache.fingerprint({"context": context, **cache.task_parts(data, rung, shots)})
-        hit = cache.load(key)
+        unit = f"{data.task.name} {rung}"
+        hit = scoring.lookup(key, unit)
         if _is_rung_entry(hit, len(data.test)):
-            scoring.cached[f"{data.task.name} {rung}"] = key
+            scoring.cached[unit] = key
             return {**hit["metrics"], "cached": key}, hit["records"]
         metrics, records = score(data)
         about = {"task": data.task.name, "rung": rung, **_about(scoring.spec)}
-        cache.store(key, {"metrics": metrics, "records": records}, about)
+        scoring.keep(key, {"metrics": metrics, "records": records}, about)
         return metrics, records
 
     return cached_score
@@ -108,7 +131,7 @@ def _probe_before(
     """A probe's result on the base model: from the cache (metrics carry `cached: <fingerprint>`),
     else scored, and stored when the cache is on."""
     key = cache.fingerprint({"context": context, **cache.probe_parts(p)}) if context is not None else None
-    hit = cache.load(key) if key is not None else None
+    hit = scoring.lookup(key, f"probe {p.probe.name}") if key is not None else None
     if (
         hit is not None
         and isinstance(hit.get("metrics"), dict)
@@ -119,7 +142,7 @@ def _probe_before(
     with evaluator.describing(f"base, probe {p.probe.name}"):
         metrics, items = run_probe(evaluator, p)
     if key is not None:
-        cache.store(key, {"metrics": metrics, "items": items}, {"probe": p.probe.name, **_about(scoring.spec)})
+        scoring.keep(key, {"metrics": metrics, "items": items}, {"probe": p.probe.name, **_about(scoring.spec)})
     return metrics, items
 
 
@@ -131,8 +154,14 @@ def _about(spec: Spec) -> dict:
 def _note_cached(scoring: Scoring) -> None:
     report = scoring.report
     report.setdefault("cost", {})["score_base_cached"] = len(scoring.cached)
-    if scoring.cached:
-        units = ", ".join(f"{unit} ({key})" for unit, key in scoring.cached.items())
+    if scoring.shared_hits:
+        report.setdefault("notes", []).append(
+            f"The base model was scored once for the whole experiment: {', '.join(scoring.shared_hits)} come from "
+            f"the experiment's {scoring.shared.name}/ folder, on the same test rows as every other run."
+        )
+    from_cache = {unit: key for unit, key in scoring.cached.items() if unit not in scoring.shared_hits}
+    if from_cache:
+        units = ", ".join(f"{unit} ({key})" for unit, key in from_cache.items())
         report.setdefault("notes", []).append(
             f"Base scores reused from cache (fingerprint per unit): {units}. They were scored by an earlier run "
             f"of the same model, rows, settings and code; set evaluation.cache: false or {cache.NO_CACHE_ENV}=1 "
@@ -169,8 +198,13 @@ def score_tasks(rung: str, scoring: Scoring, score, evaluator: Evaluator | None 
     append its predictions to predictions.jsonl."""
     with open(scoring.run_dir / "predictions.jsonl", "a") as f:
         for data in scoring.tasks:
+            started = time.perf_counter()
             with evaluator.describing(f"{rung}, {data.task.name}") if evaluator else contextlib.nullcontext():
                 metrics, records = score(data)
+            if evaluator is not None and "cached" not in metrics and data.test:
+                # Inference cost per test row, batched as evaluation.batch_size says.
+                metrics["seconds"] = round(time.perf_counter() - started, 2)
+                metrics["ms_per_example"] = round(1000 * metrics["seconds"] / len(data.test), 1)
             entry = scoring.report["tasks"][data.task.name]
             entry.setdefault("test", {})[rung] = metrics
             for r in records:

@@ -35,6 +35,7 @@ DATA_EXTENSIONS = {
 }
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
 BUILTIN_SUITES = ("general",)
+BUILTIN_REPLAY = ("general",)  # runner/suites/replay/<name>.jsonl, rendered by <name>.jinja
 TEXT_PROBES = ("perplexity", "drift")
 
 
@@ -153,6 +154,8 @@ class TrainingSpec:
     max_batch_tokens: int | None = 1024
     activation_checkpointing: bool | str = "auto"
     max_time: float | None = None  # seconds (the spec gives minutes or "[DD:]HH:MM:SS")
+    seed: int | None = None  # resolved: the spec's seed when null
+    train_rows: int | None = None
 
 
 @dataclass(frozen=True)
@@ -209,6 +212,32 @@ class TrainerSpec:
 
 
 @dataclass(frozen=True)
+class ReplaySpec:
+    share: float
+    of: str
+    data: Path  # the file (the built-in set's for `general`)
+    template: Path
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    name: str
+    description: str
+    set: dict
+    add_tasks: tuple[dict, ...]
+
+
+@dataclass(frozen=True)
+class CurveSpec:
+    train_rows: tuple[int | str, ...]
+
+
+@dataclass(frozen=True)
+class ComparisonSpec:
+    margin: float
+
+
+@dataclass(frozen=True)
 class Spec:
     name: str
     description: str
@@ -216,13 +245,42 @@ class Spec:
     output_dir: Path
     model: ModelSpec
     tasks: tuple[TaskSpec, ...]
+    primary_task: str
     data_checks: DataChecksSpec
     method: MethodSpec
     training: TrainingSpec
     evaluation: EvaluationSpec
     trainer: TrainerSpec
+    replay: ReplaySpec | None = None
+    variants: tuple[VariantSpec, ...] = ()
+    seeds: tuple[int, ...] | None = None
+    curve: CurveSpec | None = None
+    comparison: ComparisonSpec = ComparisonSpec(margin=0.02)
     source_path: Path | None = None
     raw: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+    # An experiment's runs (variants x seeds, curve points), each a whole spec with `run` set;
+    # empty for a single run.
+    runs: tuple[Spec, ...] = dataclasses.field(default=(), compare=False, repr=False)
+    run: Run | None = None  # which of its experiment's runs this spec is, if any
+
+    @property
+    def primary(self) -> TaskSpec:
+        return next(t for t in self.tasks if t.name == self.primary_task)
+
+    @property
+    def is_experiment(self) -> bool:
+        return bool(self.runs)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of an experiment: a variant (or curve point) trained with one seed."""
+
+    name: str  # its folder under variants/: the variant, with -seed<n> when there are several seeds
+    variant: str
+    seed: int
+    description: str = ""
+    train_rows: int | str | None = None  # a curve point's rows ("all" for the whole split)
 
 
 DEFAULT_LEARNING_RATE = {"lora": 5e-4, "full": 2e-5}
@@ -315,7 +373,111 @@ def resolve_spec(raw: dict, base_dir: Path, source: str = "spec", source_path: P
     problems = semantic_problems(filled, base_dir)
     if problems:
         raise SpecError(source, problems)
-    return _build_spec(filled, base_dir, source_path)
+    spec = _build_spec(filled, base_dir, source_path)
+    if spec.variants or spec.seeds or spec.curve:
+        spec = dataclasses.replace(spec, runs=_experiment_runs(raw, spec, base_dir, source, source_path))
+    return spec
+
+
+# --- experiments: variants x seeds, curve points ----------------------------------------
+
+EXPERIMENT_KEYS = ("variants", "seeds", "curve", "comparison")
+# What a variant may change: everything that is training, not what fixes the base scores
+# (model, evaluation, seed, the primary task's rows and template) or the experiment itself.
+VARIANT_ROOTS = ("method", "training", "replay")
+VARIANT_TRAINER_KEYS = ("devices", "strategy", "num_nodes", "log_every_n_steps")
+
+
+def _experiment_runs(raw: dict, spec: Spec, base_dir: Path, source: str, source_path: Path | None) -> tuple:
+    """Every run of an experiment, each resolved and validated like a spec of its own; one
+    SpecError lists the problems of all of them."""
+    variants = [(f"$.variants[{i}]", v) for i, v in enumerate(spec.variants)]
+    for i, n in enumerate(spec.curve.train_rows if spec.curve else ()):
+        rows = None if n == "all" else n
+        about = "the whole train split" if rows is None else f"{n} rows of the train split"
+        variants.append(
+            (f"$.curve.train_rows[{i}]", VariantSpec(f"rows-{n}", about, {"training.train_rows": rows}, ()))
+        )
+    if not variants:  # seeds alone: the spec itself, once per seed
+        variants = [("$", VariantSpec(spec.method.kind, "", {}, ()))]
+    problems = []
+    seen: dict[str, str] = {}
+    for where, v in variants:
+        if v.name in seen:
+            problems.append(f"{where}.name: {v.name!r} is also the name of {seen[v.name]}; give each run its own name.")
+        seen.setdefault(v.name, where)
+    primary_index = [t.name for t in spec.tasks].index(spec.primary_task)
+    base_raw = {k: v for k, v in raw.items() if k not in EXPERIMENT_KEYS}
+    seeds = spec.seeds or (None,)
+    runs = []
+    for where, variant in variants:
+        key_problems = [f"{where}.set[{k!r}]: {p}" for k, p in _variant_key_problems(variant.set, primary_index)]
+        variant_raw = copy.deepcopy(base_raw)
+        for key, value in variant.set.items():
+            try:
+                _set_path(variant_raw, key.split("."), copy.deepcopy(value))
+            except (KeyError, IndexError, TypeError) as exc:
+                key_problems.append(f"{where}.set[{key!r}]: {exc.args[0]}")
+        if key_problems:
+            problems += key_problems
+            continue
+        variant_raw["tasks"] = [*variant_raw["tasks"], *copy.deepcopy(list(variant.add_tasks))]
+        for seed in seeds:
+            if seed is not None:
+                variant_raw.setdefault("training", {})["seed"] = seed
+            try:
+                run_spec = resolve_spec(copy.deepcopy(variant_raw), base_dir, source, source_path)
+            except SpecError as exc:
+                problems += [f"{where} ({variant.name}): {p}" for p in exc.problems]
+                break
+            name = variant.name if len(seeds) == 1 else f"{variant.name}-seed{run_spec.training.seed}"
+            curve_point = where.startswith("$.curve")
+            train_rows = (run_spec.training.train_rows or "all") if curve_point else None
+            run = Run(name, variant.name, run_spec.training.seed, variant.description, train_rows)
+            runs.append(dataclasses.replace(run_spec, run=run))
+    if spec.trainer.num_nodes > 1 or (isinstance(spec.trainer.devices, int) and spec.trainer.devices > 1):
+        problems.append(
+            "$.trainer: an experiment's runs train one after another in one process, on one device; set "
+            "trainer.devices: 1 and num_nodes: 1, or train each variant as its own spec under your launcher "
+            "and put them side by side with `runner compare`."
+        )
+    if problems:
+        raise SpecError(source, problems)
+    return tuple(runs)
+
+
+def _variant_key_problems(changes: dict, primary_index: int) -> list[tuple[str, str]]:
+    """(key, problem) for every `set` key a variant may not change."""
+    problems = []
+    for key in changes:
+        parts = key.split(".")
+        root = parts[0]
+        if root in VARIANT_ROOTS:
+            continue
+        if root == "trainer" and len(parts) == 2 and parts[1] in VARIANT_TRAINER_KEYS:
+            continue
+        if root == "tasks" and len(parts) >= 3 and parts[1].isdigit():
+            if int(parts[1]) != primary_index or parts[2] == "weight":
+                continue
+            problems.append(
+                (
+                    key,
+                    f"the primary task (tasks.{primary_index}) keeps its data, template, split and labels in every "
+                    "variant, because they fix the base scores and the paired comparison; a variant may change its "
+                    f"weight (tasks.{primary_index}.weight), the other tasks, or add tasks with add_tasks.",
+                )
+            )
+            continue
+        problems.append(
+            (
+                key,
+                "a variant may change method.*, training.*, replay.*, trainer.devices/strategy/num_nodes/"
+                "log_every_n_steps and the task mixture (tasks.<i>.<key> of other tasks, the primary task's weight, "
+                "add_tasks); the model, evaluation, seed, data checks and the primary task fix the base scores and the "
+                "paired comparison, so compare those in separate experiments.",
+            )
+        )
+    return problems
 
 
 # --- schema validation with messages a user can act on ----------------------------------
@@ -522,6 +684,23 @@ def semantic_problems(spec: dict, base_dir: Path) -> list[str]:
     for i, probe in enumerate(spec["evaluation"]["forgetting"]):
         if isinstance(probe, dict):
             problems += probe_problems(probe, base_dir, f"$.evaluation.forgetting[{i}]")
+    names = [t["name"] for t in spec["tasks"]]
+    if spec["primary_task"] is not None and spec["primary_task"] not in names:
+        problems.append(f"$.primary_task: {spec['primary_task']!r} is not a task; tasks: {', '.join(names)}.")
+    if spec["replay"] is not None:
+        problems += _replay_problems(spec["replay"], base_dir)
+    return problems
+
+
+def _replay_problems(replay: dict, base_dir: Path) -> list[str]:
+    if replay["data"] in BUILTIN_REPLAY:
+        return []
+    problems = _data_problems(replay["data"], base_dir, "$.replay.data")
+    if not problems and _data_format(replay["data"], base_dir) == "text":
+        problems.append("$.replay.data: replay needs rows (.jsonl, .json, .csv, .tsv, .parquet), not a .txt file.")
+    if replay["template"] is not None and find_template(replay["template"], base_dir) is None:
+        available = ", ".join(p.name for p in _template_dirs_listing(base_dir)) or "none"
+        problems.append(f"$.replay.template: {replay['template']!r} not found in templates/; available: {available}.")
     return problems
 
 
@@ -690,9 +869,13 @@ def _build_spec(filled: dict, base_dir: Path, source_path: Path | None) -> Spec:
     if training["learning_rate"] is None:
         training["learning_rate"] = DEFAULT_LEARNING_RATE[method["kind"]]
     training["max_time"] = _seconds(training.get("max_time"))
+    if training["seed"] is None:
+        training["seed"] = filled["seed"]
     values = {
         **filled,
         "tasks": tasks,
+        "primary_task": filled["primary_task"] or filled["tasks"][0]["name"],
+        "replay": _replay(filled["replay"], base_dir),
         "training": training,
         "output_dir": (base_dir / filled["output_dir"]).resolve(),
         "source_path": source_path,
@@ -700,6 +883,19 @@ def _build_spec(filled: dict, base_dir: Path, source_path: Path | None) -> Spec:
     }
     values.pop("$schema", None)
     return _build(Spec, values)
+
+
+def _replay(replay: dict | None, base_dir: Path) -> dict | None:
+    """The replay file and the template that renders its rows."""
+    if replay is None:
+        return None
+    if replay["data"] in BUILTIN_REPLAY:
+        folder = SUITES_DIR / "replay"
+        return {**replay, "data": folder / f"{replay['data']}.jsonl", "template": folder / f"{replay['data']}.jinja"}
+    template = (
+        find_template(replay["template"], base_dir) if replay["template"] else SUITES_DIR / "replay" / "rows.jinja"
+    )
+    return {**replay, "data": (base_dir / replay["data"]).resolve(), "template": template}
 
 
 def _seconds(value: float | str | None) -> float | None:
@@ -782,7 +978,7 @@ def to_jsonable(spec: Spec) -> dict:
 
     def plain(v):
         if dataclasses.is_dataclass(v):
-            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v) if f.name != "raw"}
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v) if f.name not in ("raw", "runs")}
         if isinstance(v, (tuple, list)):
             return [plain(x) for x in v]
         if isinstance(v, Path):

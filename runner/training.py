@@ -6,6 +6,7 @@ vocabulary head applied only at completion positions (`runner.forward`).
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import time
 from dataclasses import dataclass, field
@@ -23,20 +24,21 @@ from lightning.pytorch.callbacks import (
     TQDMProgressBar,
 )
 from lightning.pytorch.loggers import TensorBoardLogger
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader, Sampler
 from torchmetrics.aggregation import MeanMetric
 from transformers import get_scheduler
-from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.trainer_pt_utils import get_length_grouped_indices
 
-from runner.data import IGNORE_INDEX, Collator, Encoder, TaskData
+from runner.data import IGNORE_INDEX, Collator, Encoder, Example, TaskData, sample_indices
 from runner.forward import completion_targets, completion_token_losses
-from runner.spec import Spec, TrainingSpec
+from runner.spec import ReplaySpec, Spec, TrainingSpec
 
 MONITOR = "val/loss"
 
 
 class FineTuneData(L.LightningDataModule):
-    """Tokenised train/val sets of every task; training mixes tasks by their weights."""
+    """Tokenised train/val sets of every task (and replay rows); training mixes them by their
+    shares, each epoch drawing every set's quota without replacement (`MixtureSampler`)."""
 
     def __init__(
         self,
@@ -46,6 +48,10 @@ class FineTuneData(L.LightningDataModule):
         num_workers: int,
         seed: int,
         group_by_length: bool = False,
+        replay: list[Example] = (),
+        replay_spec: ReplaySpec | None = None,
+        train_rows: dict[str, int] | None = None,
+        sample_seed: int = 0,
     ) -> None:
         super().__init__()
         self.task_names = [t.task.name for t in tasks]
@@ -57,35 +63,147 @@ class FineTuneData(L.LightningDataModule):
         self.train_sets, self.val_sets = [], []
         for index, t in enumerate(tasks):
             add_eos = t.completion_eos
-            self.train_sets.append([{**encoder.encode(e, add_eos), "task_index": index} for e in t.train])
+            train = t.train
+            if train_rows and t.task.name in train_rows:
+                train = train_sample(t, train_rows[t.task.name], sample_seed)
+            self.train_sets.append([{**encoder.encode(e, add_eos), "task_index": index} for e in train])
             self.val_sets.append([{**encoder.encode(e, add_eos), "task_index": index} for e in t.val])
         self.weights = [t.task.weight for t in tasks]
+        self.replay_spec = replay_spec if replay else None
+        if self.replay_spec is not None:  # free text: with an end token, like generation tasks
+            self.train_sets.append([{**encoder.encode(e, True), "task_index": len(tasks)} for e in replay])
+        self.quotas = epoch_quotas(self.train_sets, self.weights, self.replay_spec)
 
     @property
     def train_rows(self) -> list[dict]:
         return [row for rows in self.train_sets for row in rows]
 
     def train_dataloader(self) -> DataLoader:
-        rows = self.train_rows
-        generator = torch.Generator().manual_seed(self.seed)
-        common = dict(batch_size=self.batch_size, collate_fn=self.collator, num_workers=self.num_workers)
-        if all(w is None for w in self.weights):
-            if self.group_by_length:
-                # Random batches pad ~13% on short ticket rows and far more on ragged long ones.
-                lengths = [len(r["input_ids"]) for r in rows]
-                sampler = LengthGroupedSampler(self.batch_size, lengths=lengths, generator=generator)
-                return DataLoader(rows, sampler=sampler, **common)
-            return DataLoader(rows, shuffle=True, generator=generator, **common)
-        # Mixture: task t gets share w_t of the samples; unweighted tasks keep their size share.
-        total = len(rows)
-        shares = [w if w is not None else len(s) / total for w, s in zip(self.weights, self.train_sets)]
-        per_row = [share / sum(shares) / len(s) for share, s in zip(shares, self.train_sets) for _ in s]
-        sampler = WeightedRandomSampler(per_row, num_samples=total, replacement=True, generator=generator)
-        return DataLoader(rows, sampler=sampler, **common)
+        sampler = MixtureSampler(
+            [len(s) for s in self.train_sets],
+            self.quotas,
+            self.seed,
+            lengths=[len(r["input_ids"]) for r in self.train_rows] if self.group_by_length else None,
+            batch_size=self.batch_size,
+        )
+        return DataLoader(
+            self.train_rows,
+            sampler=sampler,
+            batch_size=self.batch_size,
+            collate_fn=self.collator,
+            num_workers=self.num_workers,
+        )
 
     def val_dataloader(self) -> DataLoader:
         rows = [row for rows in self.val_sets for row in rows]
         return DataLoader(rows, batch_size=self.batch_size, collate_fn=self.collator, num_workers=self.num_workers)
+
+    def mixture(self) -> dict:
+        """Per epoch: rows and loss tokens of every task and of replay, and their shares."""
+        names = [*self.task_names, *(["replay"] if self.replay_spec is not None else [])]
+        rows = dict(zip(names, self.quotas))
+        tokens = {
+            name: round(quota * mean_targets(rows_of_set))
+            for name, quota, rows_of_set in zip(names, self.quotas, self.train_sets)
+        }
+        total_rows, total_tokens = sum(rows.values()), sum(tokens.values())
+        return {
+            name: {
+                "rows": rows[name],
+                "available": len(s),
+                "loss_tokens": tokens[name],
+                "row_share": round(rows[name] / total_rows, 4) if total_rows else 0.0,
+                "token_share": round(tokens[name] / total_tokens, 4) if total_tokens else 0.0,
+            }
+            for name, s in zip(names, self.train_sets)
+        }
+
+
+def train_sample(data: TaskData, rows: int, seed: int) -> list[Example]:
+    """A seeded sample of a task's train split, stratified by label; samples of one seed are
+    nested (each label's rows are taken in one shuffled order), so a learning curve adds rows."""
+    strata = [e.label for e in data.train] if data.task.is_classification else None
+    return [data.train[i] for i in sample_indices(len(data.train), rows, seed, strata)]
+
+
+def mean_targets(rows: list[dict]) -> float:
+    """Mean number of loss tokens (completion tokens) per row."""
+    return sum(sum(label != IGNORE_INDEX for label in r["labels"]) for r in rows) / max(len(rows), 1)
+
+
+def epoch_quotas(sets: list[list[dict]], weights: list[float | None], replay: ReplaySpec | None) -> list[int]:
+    """Rows each set contributes to one epoch.
+
+    Tasks: every row once when no task has a weight; else an epoch as long as all tasks' rows,
+    task t taking share w_t (unweighted tasks keep their size share). Replay (the last set):
+    `share` of the epoch's rows, or of its loss tokens, counting each set's mean completion
+    length, because the loss is a mean over tokens."""
+    task_sets = sets[: len(weights)]
+    total = sum(len(s) for s in task_sets)
+    if all(w is None for w in weights):
+        quotas = [len(s) for s in task_sets]
+    else:
+        shares = [w if w is not None else len(s) / total for w, s in zip(weights, task_sets)]
+        quotas = [max(1, round(share / sum(shares) * total)) for share in shares]
+    if replay is not None:
+        factor = replay.share / (1 - replay.share)
+        if replay.of == "rows":
+            extra = factor * sum(quotas)
+        else:
+            task_tokens = sum(q * mean_targets(s) for q, s in zip(quotas, task_sets))
+            extra = factor * task_tokens / max(mean_targets(sets[-1]), 1e-9)
+        quotas.append(max(1, round(extra)))
+    return quotas
+
+
+class MixtureSampler(Sampler[int]):
+    """Indices into the concatenated sets: each epoch, set s gives `quotas[s]` rows drawn
+    without replacement from a seeded stream of its shuffled rows (a quota above the set's size
+    wraps into a fresh shuffle), so every row is seen about equally often, and a replay pool
+    larger than its quota yields different rows each epoch. Length grouping (transformers'
+    megabatches) or a plain shuffle then orders the epoch. Reseeded per epoch by `set_epoch`
+    (Lightning calls it), so an epoch's order depends only on the seed and its number."""
+
+    def __init__(
+        self,
+        sizes: list[int],
+        quotas: list[int],
+        seed: int,
+        lengths: list[int] | None = None,
+        batch_size: int = 1,
+    ) -> None:
+        self.sizes, self.quotas, self.seed = sizes, quotas, seed
+        self.lengths, self.batch_size = lengths, batch_size
+        self.offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return sum(self.quotas)
+
+    def __iter__(self):
+        chosen: list[int] = []
+        for s, (size, quota, offset) in enumerate(zip(self.sizes, self.quotas, self.offsets)):
+            shuffles: dict[int, list[int]] = {}
+            start = self.epoch * quota  # this epoch's slice of the set's stream
+            for position in range(start, start + quota):
+                number, index = divmod(position, size)
+                if number not in shuffles:
+                    generator = torch.Generator().manual_seed(self._seed("set", s, number))
+                    shuffles[number] = torch.randperm(size, generator=generator).tolist()
+                chosen.append(offset + shuffles[number][index])
+        generator = torch.Generator().manual_seed(self._seed("order", self.epoch))
+        if self.lengths is not None:
+            order = get_length_grouped_indices([self.lengths[i] for i in chosen], self.batch_size, generator=generator)
+        else:
+            order = torch.randperm(len(chosen), generator=generator).tolist()
+        return iter([chosen[i] for i in order])
+
+    def _seed(self, *parts) -> int:
+        text = ":".join(map(str, (self.seed, *parts)))
+        return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
 
 
 class FineTuner(L.LightningModule):

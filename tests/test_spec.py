@@ -139,7 +139,11 @@ def test_dataclasses_and_schema_stay_in_step():
     props = schema()["properties"]
     defs = schema()["$defs"]
     pairs = [
-        (Spec, props, {"source_path", "raw"}, {"$schema"}),
+        (Spec, props, {"source_path", "raw", "runs", "run"}, {"$schema"}),
+        (spec_module.ReplaySpec, props["replay"]["properties"], set(), set()),
+        (spec_module.VariantSpec, props["variants"]["items"]["properties"], set(), set()),
+        (spec_module.CurveSpec, props["curve"]["properties"], set(), set()),
+        (spec_module.ComparisonSpec, props["comparison"]["properties"], set(), set()),
         (spec_module.ModelSpec, props["model"]["properties"], set(), set()),
         (spec_module.MethodSpec, props["method"]["properties"], set(), set()),
         (spec_module.LoraSpec, props["method"]["properties"]["lora"]["properties"], set(), set()),

@@ -1,0 +1,216 @@
+"""`runner run` on an experiment: its runs (variants x seeds, curve points) one after another in
+one parent folder, the base model scored once for all of them, and the comparison that says
+which approach to use.
+
+    <output_dir>/<name>/<timestamp>/
+        spec.yaml, environment.json, splits.json   the experiment; every run has these splits
+        experiment.json                            each run's status
+        base_scores/                               the base model's scores, shared by every run
+        variants/<run>/                            a whole run folder per run
+        comparison.json, comparison.md, comparison.html, plots/
+
+A run that fails leaves the finished ones as they are; `--resume <folder>` runs only the runs
+that did not finish (an interrupted one from its last checkpoint).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import shutil
+import sys
+import traceback
+from pathlib import Path
+
+import yaml
+
+from runner import report as reporting
+from runner.comparison import write_comparison
+from runner.data import splits_record
+from runner.errors import Interrupted, RunnerError
+from runner.folder import environment, last_checkpoint, new_run_dir
+from runner.inputs import Inputs, prepare_inputs, print_findings
+from runner.spec import Spec, to_jsonable
+
+STATE_FILE = "experiment.json"
+SHARED_SCORES = "base_scores"
+
+
+def run_experiment_runs(
+    spec: Spec, output_dir: Path | None = None, resume: Path | None = None, only: list[str] | None = None
+) -> Path:
+    """Run every run of the experiment (or those named in `only`); returns the parent folder."""
+    from runner.run import quiet_libraries, train_run
+
+    quiet_libraries()
+    runs = selected_runs(spec, only)
+    # Every run's data first: a bad row in an added task, or a mixture that would move the
+    # primary task's rows between splits, stops here, before any folder exists.
+    inputs = {run.run.name: prepare_inputs(run) for run in runs}
+    check_shared_split(spec, runs, inputs)
+    print_new_findings(runs, inputs)
+    if resume is not None:
+        parent = resume
+        check_same_experiment(parent, spec)
+    else:
+        parent = new_run_dir(output_dir or spec.output_dir, spec.name)
+        write_header(parent, spec, inputs[runs[0].run.name])
+    state = read_state(parent)
+    print(f"Experiment {spec.name}: {len(runs)} runs in {parent}", file=sys.stderr)
+    failed = []
+    for number, run_spec in enumerate(runs, 1):
+        name = run_spec.run.name
+        folder = parent / "variants" / name
+        if run_status(folder) == "complete":
+            print(f"[{number}/{len(runs)}] {name}: complete already, kept.", file=sys.stderr)
+            continue
+        resume_from = restart_point(folder)
+        print(
+            f"[{number}/{len(runs)}] {name}"
+            + (f" (resumed from {resume_from.name})" if resume_from else "")
+            + (f": {run_spec.run.description}" if run_spec.run.description else ""),
+            file=sys.stderr,
+        )
+        reporting.reset_peak_rss()  # each run's report gives its own peak memory
+        try:
+            train_run(run_spec, folder, inputs[name], resume_from, shared=parent / SHARED_SCORES)
+            state[name] = "complete"
+        except Interrupted as exc:
+            state[name] = "interrupted"
+            finish_experiment(parent, spec, state)
+            exc.detail = f"finished runs are kept; continue with: {resume_command(spec, parent)}"
+            raise
+        except Exception as exc:  # one run's failure must not lose the others
+            message = exc.message if isinstance(exc, RunnerError) else f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, RunnerError):
+                traceback.print_exc(file=sys.stderr)
+            print(f"run {name} failed: {message}", file=sys.stderr)
+            state[name] = "failed"
+            failed.append(f"{name}: {message}")
+        finally:
+            gc.collect()  # the finished run's model, optimizer and trainer
+        write_state(parent, state)
+    finish_experiment(parent, spec, state)
+    if failed:
+        raise RunnerError(
+            f"{len(failed)} of {len(runs)} runs failed (their reports say why; the others are complete):\n  "
+            + "\n  ".join(failed)
+            + f"\nrun only the unfinished ones with: {resume_command(spec, parent)}"
+        )
+    return parent
+
+
+def selected_runs(spec: Spec, only: list[str] | None) -> list[Spec]:
+    if not only:
+        return list(spec.runs)
+    names = [r.run.name for r in spec.runs]
+    variants = {r.run.variant for r in spec.runs}
+    unknown = [n for n in only if n not in names and n not in variants]
+    if unknown:
+        raise RunnerError(f"--only {', '.join(unknown)}: not a run of {spec.name}; runs: {', '.join(names)}.")
+    return [r for r in spec.runs if r.run.name in only or r.run.variant in only]
+
+
+def check_shared_split(spec: Spec, runs: list[Spec], inputs: dict[str, Inputs]) -> None:
+    """Every run must hold the same primary-task rows in train, val and test: the base scores
+    and the paired comparison rest on it. A task added on the primary task's file changes how
+    that file is stratified unless both name the same data.stratify_by."""
+    problems = []
+    reference = None
+    for run in runs:
+        entry = splits_record(inputs[run.run.name].tasks, spec.seed)["tasks"][spec.primary_task]
+        record = {split: entry[split] for split in ("train", "val", "test")}
+        if reference is None:
+            reference = (run.run.name, record)
+        elif record != reference[1]:
+            problems.append(
+                f"run {run.run.name!r} splits the rows of task {spec.primary_task!r} differently from run "
+                f"{reference[0]!r}; a task it adds reads the same file, which changes the stratification: give "
+                f"every task on that file the same data.stratify_by (e.g. the primary task's label field)."
+            )
+    if problems:
+        raise RunnerError("\n".join(problems))
+
+
+def print_new_findings(runs: list[Spec], inputs: dict[str, Inputs]) -> None:
+    """Data-check findings once each (runs share most tasks)."""
+    seen = set()
+    for run in runs:
+        fresh = [f for f in inputs[run.run.name].findings if f.line() not in seen]
+        seen.update(f.line() for f in fresh)
+        print_findings(fresh)
+
+
+def write_header(parent: Path, spec: Spec, inputs: Inputs) -> None:
+    reporting.write_json(parent / "splits.json", splits_record(inputs.tasks, spec.seed))
+    (parent / "spec.yaml").write_text(
+        "# The resolved spec of this experiment: every default filled in.\n"
+        + yaml.safe_dump(_resolved(spec), sort_keys=False)
+    )
+    reporting.write_json(parent / "environment.json", environment(spec))
+    write_state(parent, {r.run.name: "pending" for r in spec.runs})
+
+
+def _resolved(spec: Spec) -> dict:
+    resolved = to_jsonable(spec)
+    resolved.pop("source_path", None)
+    return resolved
+
+
+def check_same_experiment(parent: Path, spec: Spec) -> None:
+    """--resume continues the experiment the folder holds, not an edited one."""
+    path = parent / "spec.yaml"
+    if not (parent / STATE_FILE).is_file() or not path.is_file():
+        raise RunnerError(f"--resume {parent}: not an experiment folder (no {STATE_FILE} or spec.yaml there).")
+    before = yaml.safe_load(path.read_text())
+    now = json.loads(json.dumps(_resolved(spec)))
+    changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    if changed:
+        raise RunnerError(
+            f"--resume {parent}: the spec changed since this experiment started ({', '.join(changed)}); "
+            "its finished runs would not be comparable. Start a new experiment (drop --resume)."
+        )
+
+
+def read_state(parent: Path) -> dict[str, str]:
+    try:
+        return json.loads((parent / STATE_FILE).read_text())["runs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def write_state(parent: Path, state: dict[str, str]) -> None:
+    reporting.write_json(parent / STATE_FILE, {"runs": state})
+
+
+def run_status(folder: Path) -> str | None:
+    """A run folder's report.json status (None when it has none)."""
+    try:
+        return json.loads((folder / "report.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def restart_point(folder: Path) -> Path | None:
+    """Where an unfinished run continues: its last checkpoint if one loads; else it starts over
+    in an emptied folder."""
+    if (folder / "checkpoints" / "last.ckpt").is_file():
+        try:
+            return last_checkpoint(folder)
+        except RunnerError as exc:
+            print(f"{exc.message} Starting {folder.name} over.", file=sys.stderr)
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    return None
+
+
+def finish_experiment(parent: Path, spec: Spec, state: dict[str, str]) -> None:
+    write_state(parent, state)
+    if any((parent / "variants" / name / "report.json").is_file() for name in state):
+        md_path, html_path, _ = write_comparison(parent)
+        print(f"Comparison: {html_path} (and {md_path.name})", file=sys.stderr)
+
+
+def resume_command(spec: Spec, parent: Path) -> str:
+    return f"runner run {spec.source_path or 'SPEC'} --resume {parent}"

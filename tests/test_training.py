@@ -18,7 +18,9 @@ from runner.training import FineTuneData, count_targets, micro_batches
 
 def ragged_batch(tokenizer, lengths: list[int]) -> dict:
     encoder = Encoder(tokenizer, max_length=256, chat_template=False)
-    rows = [encoder.encode(Example("t", i, "x" * n, "yes" if i % 2 else "no"), add_eos=True) for i, n in enumerate(lengths)]
+    rows = [
+        encoder.encode(Example("t", i, "x" * n, "yes" if i % 2 else "no"), add_eos=True) for i, n in enumerate(lengths)
+    ]
     return collate(rows, tokenizer.pad_token_id)
 
 
@@ -130,7 +132,9 @@ def test_lora_uses_fast_dropout_and_merged_adapters_score_the_same():
     from runner.spec import LoraSpec, MethodSpec
 
     model, tokenizer = random_tiny(seed=2)
-    model = apply_method(model, MethodSpec(kind="lora", lora=LoraSpec(r=4, alpha=8, dropout=0.1, target_modules="all-linear")))
+    model = apply_method(
+        model, MethodSpec(kind="lora", lora=LoraSpec(r=4, alpha=8, dropout=0.1, target_modules="all-linear"))
+    )
     assert any(isinstance(m, FastDropout) for m in model.modules())
     for name, param in model.named_parameters():
         if "lora_B" in name:

@@ -42,7 +42,9 @@ def main() -> None:
     for task in sorted(before.keys() & after.keys()):
         rows = sorted(before[task].keys() & after[task].keys())
         if len(rows) != len(before[task]) or len(rows) != len(after[task]):
-            print(f"task {task}: the runs' test rows differ ({len(before[task])} vs {len(after[task])}, {len(rows)} shared)")
+            print(
+                f"task {task}: the runs' test rows differ ({len(before[task])} vs {len(after[task])}, {len(rows)} shared)"
+            )
         b = [before[task][r] for r in rows]
         a = [after[task][r] for r in rows]
         labels = sorted({r["gold"] for r in b} | {r["prediction"] for r in b + a})

@@ -98,10 +98,7 @@ def case_trl(precision: str, batch: int, steps: int, padding_free: bool) -> dict
     data = inputs.tasks[0]
     rows = [inputs.encoder.encode(e, data.completion_eos) for e in data.train]
     dataset = Dataset.from_list(
-        [
-            {"input_ids": r["input_ids"], "completion_mask": [int(t != IGNORE_INDEX) for t in r["labels"]]}
-            for r in rows
-        ]
+        [{"input_ids": r["input_ids"], "completion_mask": [int(t != IGNORE_INDEX) for t in r["labels"]]} for r in rows]
     )
     model, tokenizer = prepared_model(spec)
     lora = spec.method.lora
@@ -170,7 +167,9 @@ def case_trl(precision: str, batch: int, steps: int, padding_free: bool) -> dict
         "s_per_step": seconds / len(timed),
         "peak_rss_mb": _peak_rss_mb(),
         "versions": f"trl {trl.__version__}, transformers {transformers.__version__}, torch {torch.__version__}",
-        "settings": {k: settings[k] for k in ("bf16", "padding_free", "gradient_checkpointing", "use_liger_kernel", "packing")},
+        "settings": {
+            k: settings[k] for k in ("bf16", "padding_free", "gradient_checkpointing", "use_liger_kernel", "packing")
+        },
         "attn": model.config._attn_implementation,
     }
 
@@ -295,7 +294,9 @@ def main() -> None:
         results["trl-padding-free"] = run_case(args, "trl-padding-free")
     if not args.skip_long:
         with tempfile.TemporaryDirectory() as folder:
-            results["runner-lora-long"] = run_case(args, "runner-lora-long", ["--long-rows", str(make_long_rows(Path(folder)))])
+            results["runner-lora-long"] = run_case(
+                args, "runner-lora-long", ["--long-rows", str(make_long_rows(Path(folder)))]
+            )
 
     lora = results["runner-lora"] or {}
     tokens = int(args.batch * lora.get("mean_row_tokens", 200))
@@ -309,7 +310,9 @@ def main() -> None:
         method = "full" if name == "runner-full" else "lora"
         context = r.get("mean_row_tokens", lora.get("mean_row_tokens", 200))
         mfu[name] = flops_per_token(shapes, method, context) * r["real_tok_s"] / peak
-        print(f"{name:<20} {r['real_tok_s']:>10.1f} {r['s_per_step']:>8.2f} {r['peak_rss_mb']:>13.0f} {mfu[name]:>6.1%}")
+        print(
+            f"{name:<20} {r['real_tok_s']:>10.1f} {r['s_per_step']:>8.2f} {r['peak_rss_mb']:>13.0f} {mfu[name]:>6.1%}"
+        )
         if name.startswith("trl"):
             print(f"{'':<20} {r['versions']}; attention {r['attn']}; {r['settings']}")
     trl_best = max((r["real_tok_s"] for n, r in results.items() if n.startswith("trl") and r), default=None)

@@ -175,6 +175,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from runner.spec import load_spec
 
     spec = load_spec(args.spec, args.overrides)
+    if spec.is_experiment:
+        from runner.plan import experiment_plan_text, plan_experiment
+
+        result = plan_experiment(spec)
+        print(json.dumps(result, indent=2) if args.json else experiment_plan_text(result))
+        return 0
     result = plan(spec)
     print(json.dumps(result, indent=2) if args.json else plan_text(result))
     return 0

@@ -85,6 +85,45 @@ def plan(spec: Spec) -> dict:
     }
 
 
+def plan_experiment(spec: Spec) -> dict:
+    """Every run of an experiment planned as `plan` plans one (its own timed steps and peak
+    memory); the base model is scored once for the experiment, so only the first run pays."""
+    from runner.report import reset_peak_rss
+
+    runs = {}
+    for number, run in enumerate(spec.runs):
+        reset_peak_rss()
+        result = plan(run)
+        if number:
+            est = result["estimate_seconds"]
+            est["score_base"] = 0.0
+            est["total"] = round(sum(v for k, v in est.items() if k != "total"), 2)
+        runs[run.run.name] = result
+    return {
+        "runs": runs,
+        "total_seconds": round(sum(r["estimate_seconds"]["total"] for r in runs.values()), 2),
+        "peak_rss_mb_estimate": max(r["peak_rss_mb_estimate"] for r in runs.values()),
+    }
+
+
+def experiment_plan_text(result: dict) -> str:
+    first = next(iter(result["runs"].values()))
+    lines = [
+        first["data"],
+        "",
+        f"Experiment: {len(result['runs'])} runs, one after another; the base model is scored once, "
+        "by the first (estimates measured on a few steps and a sample of every scoring unit here):",
+        f"  {'run':<20} {'steps':>6} {'trainable':>12} {'tokens/s':>9} {'time':>9} {'peak MiB':>9}",
+    ]
+    for name, r in result["runs"].items():
+        lines.append(
+            f"  {name:<20} {r['steps']:>6} {r['trainable_params']:>12,} {r['train_tokens_per_second'] or 0:>9.0f} "
+            f"{_clock(r['estimate_seconds']['total']):>9} {r['peak_rss_mb_estimate']:>9,}"
+        )
+    lines.append(f"  {'total':<20} {'':>6} {'':>12} {'':>9} {_clock(result['total_seconds']):>9}")
+    return "\n".join(lines)
+
+
 def step_counts(spec: Spec, batches_per_epoch: int) -> tuple[int, int, int]:
     """(batches per epoch, optimizer steps per epoch, optimizer steps at most)."""
     steps_per_epoch = math.ceil(batches_per_epoch / spec.training.gradient_accumulation)

@@ -61,3 +61,19 @@ def test_plan_counts_base_scores_already_cached_as_free(workdir, capsys, monkeyp
     after = json.loads(capsys.readouterr().out)
     assert after["score_base_cached"] == 2  # zero-shot and few-shot of the one task
     assert after["estimate_seconds"]["score_base"] == 0  # nothing left to score
+
+
+def test_plan_of_an_experiment_plans_every_run_and_scores_the_base_once(workdir, capsys):
+    spec = base_spec(variants=[{"name": "lora"}, {"name": "full", "set": {"method.kind": "full"}}])
+    write_spec(workdir / "spec.yaml", spec)
+    assert main(["plan", str(workdir / "spec.yaml"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    lora, full = result["runs"]["lora"], result["runs"]["full"]
+    assert full["trainable_params"] > lora["trainable_params"]
+    assert lora["estimate_seconds"]["score_base"] >= 0 and full["estimate_seconds"]["score_base"] == 0
+    assert result["total_seconds"] == pytest.approx(
+        lora["estimate_seconds"]["total"] + full["estimate_seconds"]["total"], abs=0.01
+    )
+    assert main(["plan", str(workdir / "spec.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "Experiment: 2 runs, one after another" in out and "  full " in out

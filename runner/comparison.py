@@ -292,7 +292,6 @@ def recommend(entries: dict, best: str | None, margin: float, n_rows: int) -> di
     candidates = [best, *(n for n, v in verdicts.items() if v == "non-inferior")]
     pick = min(candidates, key=lambda n: _cost_key(done[n]))
     e, b = done[pick], done[best]
-    forgetting_words = _forgetting_words(e)
     if pick == best:
         others = [n for n in verdicts]
         worse = [n for n, v in verdicts.items() if v == "worse"]
@@ -300,12 +299,12 @@ def recommend(entries: dict, best: str | None, margin: float, n_rows: int) -> di
             why = f"every other variant is measurably worse ({_deltas(done, worse)})"
         else:
             why = f"no cheaper variant is within {points} of it ({_deltas(done, others)})"
-        sentence = f"Use {best}: it scored highest ({_score(b)}) and {why}; {forgetting_words}."
+        sentence = f"Use {best}: it scored highest ({_score(b)}) and {why}.{_forgetting_words(e, ending=False)}"
     else:
         lo, hi = e["delta_ci95"]
         sentence = (
-            f"Use {pick}: it is within {points} of {best} (paired 95% CI {_pts(lo)}..{_pts(hi)} points){_cheaper(e, b)} "
-            f"and {forgetting_words}."
+            f"Use {pick}: it is within {points} of {best} (paired 95% CI {_pts(lo)}..{_pts(hi)} points)"
+            f"{_cheaper(e, b)}{_forgetting_words(e, ending=True)}"
         )
     return {"verdict": "recommend", "variant": pick, "verdicts": verdicts, "sentence": sentence}
 
@@ -316,14 +315,19 @@ def _cost_key(entry: dict) -> tuple:
     return (forgets, cost.get("trainable_params") or 0, cost.get("train_seconds") or 0)
 
 
-def _forgetting_words(entry: dict) -> str:
+def _forgetting_words(entry: dict, ending: bool) -> str:
+    """The recommended variant's forgetting: the end of the sentence (`ending`), or a sentence."""
     probes = {n: p for n, p in entry["forgetting"].items() if p["kind"] != "drift"}
-    if not probes:
-        return "forgetting was not measured (add evaluation.forgetting)"
     lost = [n for n, p in probes.items() if p.get("forgot")]
+    if not probes:
+        return (
+            "; forgetting was not measured (add evaluation.forgetting)." if ending else " Forgetting was not measured."
+        )
     if not lost:
-        return "with no measurable forgetting on " + ", ".join(probes)
-    return "with forgetting on " + ", ".join(f"{n} ({probes[n]['delta']:+.3f})" for n in lost)
+        words = "no measurable forgetting on " + ", ".join(probes)
+        return f" and with {words}." if ending else f" It shows {words}."
+    words = ", ".join(f"{n} ({probes[n]['delta']:+.3f})" for n in lost)
+    return f", but it forgot on {words}." if ending else f" It forgot on {words}."
 
 
 def _cheaper(e: dict, b: dict) -> str:
@@ -334,7 +338,7 @@ def _cheaper(e: dict, b: dict) -> str:
     mine, theirs = e["cost"].get("train_seconds"), b["cost"].get("train_seconds")
     if mine and theirs and mine < theirs:
         parts.append(f"in {mine / theirs:.0%} of the training time")
-    return (" " + " and ".join(parts)) if parts else ""
+    return (" " + ", ".join(parts)) if parts else ""
 
 
 def _deltas(done: dict, names: list[str]) -> str:

@@ -560,9 +560,13 @@ def _td(cell) -> str:
 
 
 def _inline(text: str) -> str:
-    """Escape, then render `code` spans."""
+    """Escape, then render `code` spans and **bold** spans."""
     parts = html.escape(text).split("`")
-    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+    text = "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+    parts = text.split("**")
+    if len(parts) % 2 == 0:  # an unpaired ** stays as it is
+        return text
+    return "".join(f"<strong>{p}</strong>" if i % 2 else p for i, p in enumerate(parts))
 
 
 def _with_ci(metrics: dict, key: str) -> str:

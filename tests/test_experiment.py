@@ -299,7 +299,7 @@ def test_recommendation_takes_the_cheapest_non_inferior_variant():
     assert result["variant"] == "lora"
     assert result["sentence"] == (
         "Use lora: it is within 2 points of full (paired 95% CI -1.5..+0.5 points) at 1/27 of the trainable "
-        "parameters and in 60% of the training time and with no measurable forgetting on general_mc."
+        "parameters, in 60% of the training time and with no measurable forgetting on general_mc."
     )
     # Forgetting outweighs parameter count: a cheaper variant that forgets is not preferred.
     entries["lora"] = entry(0.795, [-0.015, 0.005], params=5_000, seconds=60, forgot=True)
@@ -310,7 +310,7 @@ def test_recommendation_names_the_best_when_all_others_are_worse():
     entries = {"full": entry(0.9), "lora": entry(0.7, [-0.3, -0.1])}
     sentence = comparison.recommend(entries, "full", 0.02, 500)["sentence"]
     assert sentence.startswith("Use full: it scored highest (accuracy 0.900, 95% CI 0.80..1.00)")
-    assert "every other variant is measurably worse (lora: -30.0..-10.0 points)" in sentence
+    assert "every other variant is measurably worse (lora: -30.0..-10.0 points). It shows no measurable" in sentence
 
 
 def test_paired_interval_is_narrower_than_comparing_two_intervals():

@@ -184,7 +184,9 @@ def _raise_interrupted(signum: int, frame) -> None:
 
 
 def resume_command(spec: Spec, run_dir: Path) -> str:
-    return f"runner run {spec.source_path or 'SPEC'} --resume {run_dir}"
+    # A run of an experiment continues with its experiment (variants/<run>/ -> the parent).
+    folder = run_dir.parent.parent if spec.run is not None else run_dir
+    return f"runner run {spec.source_path or 'SPEC'} --resume {folder}"
 
 
 def _train_flow(

@@ -434,7 +434,10 @@ def _experiment_runs(raw: dict, spec: Spec, base_dir: Path, source: str, source_
             curve_point = where.startswith("$.curve")
             train_rows = (run_spec.training.train_rows or "all") if curve_point else None
             run = Run(name, variant.name, run_spec.training.seed, variant.description, train_rows)
-            runs.append(dataclasses.replace(run_spec, run=run))
+            # One process, one device: `auto` would start a multi-process strategy on a machine
+            # with several GPUs, and each of its processes would run the whole experiment.
+            trainer = dataclasses.replace(run_spec.trainer, devices=1)
+            runs.append(dataclasses.replace(run_spec, run=run, trainer=trainer))
     if spec.trainer.num_nodes > 1 or (isinstance(spec.trainer.devices, int) and spec.trainer.devices > 1):
         problems.append(
             "$.trainer: an experiment's runs train one after another in one process, on one device; set "

@@ -156,6 +156,13 @@ def variant_entry(v: Variant, best: Variant | None, primary: str, metric: str, i
     )
     if "f1_macro" in tests[0]:
         entry["f1_macro"] = round(statistics.fmean(t["f1_macro"] for t in tests), 4)
+    others = [name for name in first["tasks"] if name != primary]
+    if others:  # a multi-task variant's other tasks: their own test metric (not compared)
+        entry["other_tasks"] = {}
+        for name in others:
+            runs = [r["tasks"][name]["test"]["fine_tuned"] for r in v.reports]
+            key = reporting.headline(runs[0])
+            entry["other_tasks"][name] = {key: round(statistics.fmean(m[key] for m in runs), 4)}
     if best is not None and best is not v and idx is not None:
         delta = stats.accuracy_samples(v.rows, idx) - stats.accuracy_samples(best.rows, idx)
         entry["delta_to_best"] = round(float(v.rows.mean() - best.rows.mean()), 4)
@@ -399,6 +406,16 @@ def document(result: dict, pngs: dict) -> list[tuple]:
             rows,
         ),
     ]
+    others = [(n, task, m) for n in names for task, m in result["variants"][n].get("other_tasks", {}).items()]
+    if others:
+        blocks.append(
+            (
+                "p",
+                "Other tasks trained in a variant (their own test rows; not part of the comparison): "
+                + "; ".join(f"{n}: {task} {', '.join(f'{k} {v:.3f}' for k, v in m.items())}" for n, task, m in others)
+                + ".",
+            )
+        )
     base = result["base"]
     if base:
         lines = []

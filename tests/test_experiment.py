@@ -414,3 +414,32 @@ def test_peak_memory_restarts_for_each_run():
     if not reset_peak_rss():
         pytest.skip("this system cannot reset the peak resident memory")
     assert peak_rss_mb() < before - 150
+
+
+def test_a_multi_task_variant_on_the_primary_file_shares_its_split(workdir, tmp_path):
+    (workdir / "templates" / "length.jinja").write_text(
+        "Review: {{ text }}\nLong?\n|||\n{{ 'yes' if text|length > 22 else 'no' }}\n"
+    )
+    data = {"path": "data/sentiment.jsonl", "stratify_by": "sentiment"}
+    added = {"name": "length", "data": data, "template": "length.jinja", "labels": ["yes", "no"], "weight": 0.3}
+    raw = base_spec()
+    raw["tasks"][0]["data"] = data
+    write_spec(workdir / "spec.yaml", raw)
+    spec = experiment_spec(
+        workdir,
+        tasks=raw["tasks"],
+        variants=[{"name": "single"}, {"name": "multi", "add_tasks": [added], "set": {"tasks.0.weight": 0.7}}],
+    )
+    assert main(["run", str(spec), "--output-dir", str(tmp_path / "out")]) == 0
+    parent = only_child(tmp_path / "out" / "tiny")
+    single, multi = (report(parent / "variants" / n) for n in ("single", "multi"))
+    assert set(multi["tasks"]) == {"sentiment", "length"} and set(single["tasks"]) == {"sentiment"}
+    split = json.loads((parent / "splits.json").read_text())["tasks"]["sentiment"]
+    multi_split = json.loads((parent / "variants" / "multi" / "splits.json").read_text())["tasks"]["sentiment"]
+    assert all(split[s] == multi_split[s] for s in ("train", "val", "test"))
+    per_epoch = multi["training_data"]["per_epoch"]
+    total = per_epoch["sentiment"]["rows"] + per_epoch["length"]["rows"]
+    assert per_epoch["sentiment"]["rows"] == round(0.7 * total)
+    result = json.loads((parent / "comparison.json").read_text())
+    assert set(result["variants"]["multi"]["other_tasks"]) == {"length"}
+    assert "Other tasks trained in a variant" in (parent / "comparison.md").read_text()

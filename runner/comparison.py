@@ -24,7 +24,7 @@ import yaml
 from runner import plots, stats
 from runner import report as reporting
 
-RUNG_LINES = ("base_zero_shot", "base_few_shot")
+RUNG_LINES = ("majority", "base_zero_shot", "base_few_shot")  # the reference lines: no model, then the untouched model
 
 
 @dataclass
@@ -429,7 +429,7 @@ def document(result: dict, pngs: dict) -> list[tuple]:
                     f"{m['prompt_tokens_mean']:.0f}" if m.get("prompt_tokens_mean") is not None else "—",
                 ]
             )
-        blocks.append(("table", ["untouched model", metric, "95% CI", "prompt tokens / row"], lines))
+        blocks.append(("table", ["reference, same test rows", metric, "95% CI", "prompt tokens / row"], lines))
     if "variants" in pngs:
         blocks.append(("img", "variants", f"{metric} per variant"))
     probes = list(dict.fromkeys(p for e in result["variants"].values() for p in e.get("forgetting", {})))

@@ -173,4 +173,6 @@ def curve_chart(points: list[dict], base: dict, metric: str) -> Figure:
 
 def _base_lines(ax, base: dict, metric: str) -> None:
     for rung, m in base.items():
-        ax.axhline(m[metric], color=RUNG_COLORS[rung], linestyle="--", linewidth=1.2, label=RUNG_TITLES[rung])
+        # The majority line is the number any model must beat: dotted, dark enough to see.
+        color, style = ("#6b6b6b", ":") if rung == "majority" else (RUNG_COLORS[rung], "--")
+        ax.axhline(m[metric], color=color, linestyle=style, linewidth=1.2, label=RUNG_TITLES[rung])

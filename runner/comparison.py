@@ -93,10 +93,10 @@ def compare(parent: Path) -> dict:
         "margin": margin,
         "seeds": spec.get("seeds"),
         "best": best.name if best else None,
-        "base": base_lines(done[0].reports[0], primary) if done else {},
+        "base": base_lines_of(done, primary),
         "variants": entries,
         "curve": curve_points(variants, entries, primary),
-        "recommendation": recommend(entries, best.name if best else None, margin, n_rows),
+        "recommendation": recommend(entries, best.name if best else None, margin, n_rows, base_lines_of(done, primary)),
     }
 
 
@@ -221,6 +221,10 @@ def cost(reports: list[dict]) -> dict:
     }
 
 
+def base_lines_of(done: list[Variant], primary: str) -> dict:
+    return base_lines(done[0].reports[0], primary) if done else {}
+
+
 def base_lines(report: dict, primary: str) -> dict:
     """The untouched model's rungs on the primary task (scored once, the same in every run)."""
     tests = report["tasks"][primary]["test"]
@@ -257,7 +261,7 @@ def _metric_of(entry: dict) -> dict:
 # --- the recommendation ---------------------------------------------------------------------
 
 
-def recommend(entries: dict, best: str | None, margin: float, n_rows: int) -> dict:
+def recommend(entries: dict, best: str | None, margin: float, n_rows: int, base: dict | None = None) -> dict:
     """Which variant to use, and why, in one sentence.
 
     Against the best variant (highest mean), each other variant's paired 95% interval is:
@@ -313,7 +317,20 @@ def recommend(entries: dict, best: str | None, margin: float, n_rows: int) -> di
             f"Use {pick}: it is within {points} of {best} (paired 95% CI {_pts(lo)}..{_pts(hi)} points)"
             f"{_cheaper(e, b)}{_forgetting_words(e, ending=True)}"
         )
+    sentence += _above_majority(e, (base or {}).get("majority"))
     return {"verdict": "recommend", "variant": pick, "verdicts": verdicts, "sentence": sentence}
+
+
+def _above_majority(entry: dict, majority: dict | None) -> str:
+    """A caution when the recommended variant does not clearly beat answering the most frequent
+    label: its 95% interval reaches down to the majority class's score."""
+    metric = "accuracy" if "accuracy" in entry else "exact_match"
+    if not majority or metric not in majority or not entry.get("ci95") or entry["ci95"][0] > majority[metric]:
+        return ""
+    return (
+        f" But it does not clearly beat always answering the most frequent label ({metric} "
+        f"{majority[metric]:.3f}, inside its 95% CI): more data or training would."
+    )
 
 
 def _cost_key(entry: dict) -> tuple:

@@ -313,6 +313,20 @@ def test_recommendation_names_the_best_when_all_others_are_worse():
     assert "every other variant is measurably worse (lora: -30.0..-10.0 points). It shows no measurable" in sentence
 
 
+def test_recommendation_warns_when_the_pick_does_not_beat_the_majority_class():
+    entries = {"full": entry(0.45, params=100_000), "lora": entry(0.44, [-0.015, 0.0])}
+    majority = {"majority": {"accuracy": 0.40}}
+    sentence = comparison.recommend(entries, "full", 0.02, 104, majority)["sentence"]
+    assert sentence.startswith("Use lora:")
+    assert sentence.endswith(
+        "But it does not clearly beat always answering the most frequent label (accuracy 0.400, inside its 95% CI): more data or training would."
+    )
+    assert (
+        "does not clearly beat"
+        not in comparison.recommend(entries, "full", 0.02, 104, {"majority": {"accuracy": 0.3}})["sentence"]
+    )
+
+
 def test_paired_interval_is_narrower_than_comparing_two_intervals():
     """Why the comparison pairs: two variants that mostly agree row by row."""
     generator = torch.Generator().manual_seed(0)

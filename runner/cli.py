@@ -122,6 +122,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     resolved = to_jsonable(spec)
     resolved.pop("source_path", None)
     print(f"# {args.spec}: valid. Resolved spec (defaults filled in, paths absolute):")
+    if spec.is_experiment:
+        print(f"# An experiment of {len(spec.runs)} runs: {', '.join(r.run.name for r in spec.runs)}.")
     print(yaml.safe_dump(resolved, sort_keys=False), end="")
     return 0
 

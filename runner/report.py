@@ -3,6 +3,11 @@
 report.json, schema_version 3:
   status            "complete" | "failed" | "interrupted" (+ "error")
   name, description, run_dir, spec_path, started_at, finished_at, mode ("train" | "eval"), notes
+  primary_task      the task an experiment compares variants on (default: the first)
+  variant           a run of an experiment: {name, variant, seed (training seed), description,
+                    train_rows (a curve point's, "all" for the whole split)}; null otherwise
+  training_data     {per_epoch: {<task> | "replay": {rows, available, loss_tokens, row_share,
+                    token_share}}, train_rows, seed, replay {share, of, data} (when replay is on)}
   model             {source, weights (what the weights really are: for the default, the Q4_1
                     GGUF de-quantised by runner), file, sha256, package, method, chat_template,
                     max_length, truncation}
@@ -23,7 +28,8 @@ report.json, schema_version 3:
                     few_shot_k (shots per prompt on average, after dropping what did not fit),
                     shots_truncated (shots whose fields were shortened);
                     majority: answer; a base rung reused from the score cache: cached
-                    (its fingerprint; runner.cache)
+                    (its fingerprint; runner.cache); rungs scored by a model in this run:
+                    seconds, ms_per_example (inference time per test row, batched)
     deltas          {"fine_tuned - base_zero_shot": {metric: {delta, ci95, excludes_zero}}, ...}
                     (paired bootstrap: both rungs on the same resampled rows)
     samples         a few fine-tuned predictions {row, gold, prediction, correct}

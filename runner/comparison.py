@@ -24,7 +24,12 @@ import yaml
 from runner import plots, stats
 from runner import report as reporting
 
-RUNG_LINES = ("majority", "base_zero_shot", "base_few_shot")  # the reference lines: no model, then the untouched model
+RUNG_LINES = (
+    "majority",
+    "baseline_tfidf",
+    "base_zero_shot",
+    "base_few_shot",
+)  # the reference lines: no model, then the untouched model
 
 
 @dataclass

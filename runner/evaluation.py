@@ -300,6 +300,37 @@ def majority_baseline(data: TaskData) -> tuple[dict, list[dict]]:
     return metrics, records
 
 
+def tfidf_baseline(data: TaskData) -> tuple[dict, list[dict]]:
+    """A classical classifier on the same train split: TF-IDF of the rendered prompt (word 1-2
+    grams) and logistic regression, in seconds on a CPU. It answers "is a language model even
+    needed here?" on the same test rows. Classification tasks only."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    labels = data.task.labels
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1)
+    train = vectorizer.fit_transform([e.prompt for e in data.train])
+    seen = sorted({e.label for e in data.train})
+    if len(seen) < 2:  # one label in train: logistic regression has nothing to separate
+        preds = torch.full((len(data.test),), seen[0])
+        probs = None
+    else:
+        model = LogisticRegression(max_iter=2000, C=10.0).fit(train, [e.label for e in data.train])
+        test = vectorizer.transform([e.prompt for e in data.test])
+        preds = torch.tensor(model.predict(test))
+        probs = model.predict_proba(test)
+    gold = torch.tensor([e.label for e in data.test])
+    metrics = classification_metrics(preds, gold, labels)
+    metrics.update(prompt_tokens_mean=0.0, prompts_truncated=0)
+    records = []
+    for i, (e, p) in enumerate(zip(data.test, preds.tolist())):
+        record = {**_identity(e), "prediction": labels[p], "correct": p == e.label}
+        if probs is not None:
+            record["probabilities"] = {labels[c]: round(float(probs[i][j]), 4) for j, c in enumerate(seen)}
+        records.append(record)
+    return metrics, records
+
+
 def _identity(e: Example) -> dict:
     """What names a test row in predictions: its row number, id (tasks[].id_field), prompt and gold."""
     return {"row": e.row, **({"id": e.id} if e.id is not None else {}), "prompt": e.prompt, "gold": e.completion}

@@ -12,9 +12,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-RUNG_COLORS = {"majority": "#d9d9d9", "base_zero_shot": "#9aa5b1", "base_few_shot": "#5b8def", "fine_tuned": "#2f9e44"}
+RUNG_COLORS = {
+    "majority": "#d9d9d9",
+    "baseline_tfidf": "#c9a227",
+    "base_zero_shot": "#9aa5b1",
+    "base_few_shot": "#5b8def",
+    "fine_tuned": "#2f9e44",
+}
 RUNG_TITLES = {
     "majority": "majority",
+    "baseline_tfidf": "TF-IDF + LR",
     "base_zero_shot": "base, zero-shot",
     "base_few_shot": "base, few-shot",
     "fine_tuned": "fine-tuned",

@@ -64,14 +64,20 @@ import torch
 from runner import stats
 
 SCHEMA_VERSION = 3
-RUNGS = ("majority", "base_zero_shot", "base_few_shot", "fine_tuned")
+RUNGS = ("majority", "baseline_tfidf", "base_zero_shot", "base_few_shot", "fine_tuned")
 RUNG_TITLES = {
     "majority": "majority class (no model)",
+    "baseline_tfidf": "TF-IDF + logistic regression",
     "base_zero_shot": "base model, zero-shot",
     "base_few_shot": "base model, few-shot",
     "fine_tuned": "fine-tuned",
 }
-DELTAS = (("fine_tuned", "base_zero_shot"), ("fine_tuned", "base_few_shot"), ("fine_tuned", "majority"))
+DELTAS = (
+    ("fine_tuned", "base_zero_shot"),
+    ("fine_tuned", "base_few_shot"),
+    ("fine_tuned", "majority"),
+    ("fine_tuned", "baseline_tfidf"),
+)
 
 
 def peak_rss_mb() -> float:

@@ -15,7 +15,7 @@ import torch
 from runner import cache, checks
 from runner import report as reporting
 from runner.data import Encoder, TaskData
-from runner.evaluation import Evaluator, majority_baseline
+from runner.evaluation import Evaluator, majority_baseline, tfidf_baseline
 from runner.model import merged_adapters
 from runner.probes import HEADLINE, HIGHER_IS_BETTER, ProbeData, drift, run_probe
 from runner.spec import Spec
@@ -78,6 +78,8 @@ def score_base(evaluator: Evaluator, scoring: Scoring) -> None:
     context = cache.context_parts(spec, evaluator) if use_cache else None
     if "majority" in spec.evaluation.baselines:
         score_tasks("majority", scoring, majority_baseline)
+    if "baseline_tfidf" in spec.evaluation.baselines:
+        score_tasks("baseline_tfidf", scoring, tfidf_baseline, classification_only=True)
     for rung, few_shot in BASE_RUNGS.items():
         if rung in spec.evaluation.baselines:
             shots = spec.evaluation.few_shot_k if few_shot else 0
@@ -193,11 +195,15 @@ def base_evaluator(tuned: Evaluator, base_copy: torch.nn.Module | None) -> Evalu
     return dataclasses.replace(tuned, adapters_off=True)
 
 
-def score_tasks(rung: str, scoring: Scoring, score, evaluator: Evaluator | None = None) -> None:
+def score_tasks(
+    rung: str, scoring: Scoring, score, evaluator: Evaluator | None = None, classification_only: bool = False
+) -> None:
     """Score every task's test split with one rung (`score(data) -> (metrics, records)`);
     append its predictions to predictions.jsonl."""
     with open(scoring.run_dir / "predictions.jsonl", "a") as f:
         for data in scoring.tasks:
+            if classification_only and not data.task.is_classification:
+                continue
             started = time.perf_counter()
             with evaluator.describing(f"{rung}, {data.task.name}") if evaluator else contextlib.nullcontext():
                 metrics, records = score(data)

@@ -143,7 +143,9 @@ def test_second_eval_reuses_every_base_result(workdir, tmp_path, scores, monkeyp
     for name, before in first["probes_base"].items():
         assert without(second["probes_base"][name]) == before, name
     predictions = [(d / "predictions.jsonl").read_text().splitlines() for d in (first_dir, second_dir)]
-    assert predictions[0] == predictions[1] and len(predictions[0]) == 3 * first["tasks"]["sentiment"]["data"]["test"]
+    assert (
+        predictions[0] == predictions[1] and len(predictions[0]) == 4 * first["tasks"]["sentiment"]["data"]["test"]
+    )  # majority, tfidf, zero-, few-shot
 
     markdown = (second_dir / "report.md").read_text()
     assert "base model, zero-shot (cached)" in markdown and "base model, few-shot (k = " in markdown

@@ -94,7 +94,13 @@ def test_report_json_contract(classification_run):
     assert 0 < cost["trainable_params"] < cost["total_params"]
     assert cost["train_seconds"] > 0 and cost["tokens_per_second"] > 0 and cost["peak_rss_mb"] > 0
     predictions = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
-    assert {p["rung"] for p in predictions} == {"majority", "base_zero_shot", "base_few_shot", "fine_tuned"}
+    assert {p["rung"] for p in predictions} == {
+        "majority",
+        "baseline_tfidf",
+        "base_zero_shot",
+        "base_few_shot",
+        "fine_tuned",
+    }
     # The majority rung answers the most frequent train label for every row.
     majority = task["test"]["majority"]
     train_counts = task["data"]["label_counts"]["train"]
@@ -237,7 +243,12 @@ def test_eval_base_and_checkpoint_then_compare(classification_run, tmp_path, cap
     assert main(["eval", spec, "--checkpoint", str(run_dir / "model"), "--output-dir", str(tmp_path / "evals")]) == 0
     evals = sorted((tmp_path / "evals" / "tiny").iterdir())
     base_only = json.loads((evals[0] / "report.json").read_text())
-    assert set(base_only["tasks"]["sentiment"]["test"]) == {"majority", "base_zero_shot", "base_few_shot"}
+    assert set(base_only["tasks"]["sentiment"]["test"]) == {
+        "majority",
+        "baseline_tfidf",
+        "base_zero_shot",
+        "base_few_shot",
+    }
     with_ckpt = json.loads((evals[1] / "report.json").read_text())
     trained = json.loads((run_dir / "report.json").read_text())
     # Scoring the exported adapter reproduces the run's own fine-tuned numbers.

@@ -121,3 +121,18 @@ def test_prompt_tuning_virtual_tokens_are_part_of_the_loss():
         for i, row in enumerate(rows):
             direct = direct_completion_logprob(peft_model, row)
             assert batched[i] == pytest.approx(direct, abs=1e-4 if i == 2 else 1e-2)
+
+
+def test_tfidf_baseline_learns_a_word_level_task_and_gives_probabilities(workdir):
+    from runner.data import prepare_data
+    from runner.evaluation import tfidf_baseline
+    from runner.spec import load_spec
+
+    data = prepare_data(load_spec(workdir / "spec.yaml"))[0]  # sentiment decided by one word
+    metrics, records = tfidf_baseline(data)
+    assert metrics["accuracy"] == 1.0 and metrics["n"] == len(data.test)
+    assert [r["gold"] for r in records] == [e.completion for e in data.test]
+    for r in records:
+        assert set(r["probabilities"]) == {"positive", "negative"}
+        assert abs(sum(r["probabilities"].values()) - 1) < 1e-3
+        assert max(r["probabilities"], key=r["probabilities"].get) == r["prediction"]

@@ -21,7 +21,8 @@ report.json, schema_version 3:
     test.<rung>     rung: majority (most frequent train label, no model), base_zero_shot
                     (untouched model, task prompt), base_few_shot (untouched model, k solved train
                     examples first), fine_tuned (best checkpoint, task prompt);
-                    classification {accuracy, f1_macro, n, per_class, confusion_matrix},
+                    classification {accuracy, f1_macro, n, per_class {label: {precision,
+                    recall, recall_ci95, f1, support}}, confusion_matrix},
                     generation {exact_match, n}; every rung: prompt_tokens_mean (after any
                     shortening: what the model saw), prompts_truncated, and
                     ci95 {metric: [low, high]} (seeded bootstrap over test rows); base_few_shot:
@@ -158,6 +159,11 @@ def add_uncertainty(task_entry: dict, items: dict[str, ItemScores], samples: int
     drawn = {rung: metric_samples(item, idx) for rung, item in items.items()}
     for rung, metrics in drawn.items():
         task_entry["test"][rung]["ci95"] = {m: stats.interval(v) for m, v in metrics.items()}
+        item, per_class = items[rung], task_entry["test"][rung].get("per_class")
+        if item.preds is not None and per_class:
+            for label_index, entry in enumerate(per_class.values()):
+                recall = stats.recall_samples(item.preds, item.gold, label_index, idx)
+                entry["recall_ci95"] = stats.interval(recall) if len(recall) else None
     deltas = {}
     for a, b in DELTAS:
         if a in drawn and b in drawn:
@@ -460,10 +466,19 @@ def task_blocks(name: str, task: dict, images: dict[str, str]) -> list[tuple]:
         if "fine_tuned" in tests and task["kind"] == "classification":
             ft = tests["fine_tuned"]
             rows = [
-                [label, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", m["support"]]
+                [
+                    label,
+                    f"{m['precision']:.3f}",
+                    f"{m['recall']:.3f}",
+                    f"{m['recall_ci95'][0]:.2f}..{m['recall_ci95'][1]:.2f}" if m.get("recall_ci95") else "—",
+                    f"{m['f1']:.3f}",
+                    m["support"],
+                ]
                 for label, m in ft["per_class"].items()
             ]
-            blocks.append(("table", ["label (fine-tuned)", "precision", "recall", "F1", "support"], rows))
+            blocks.append(
+                ("table", ["label (fine-tuned)", "precision", "recall", "recall 95% CI", "F1", "support"], rows)
+            )
             if f"confusion_{name}" in images:
                 blocks.append(("img", f"confusion_{name}", f"{name}: confusion matrix of the fine-tuned model"))
             cm = ft["confusion_matrix"]

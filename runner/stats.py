@@ -34,6 +34,14 @@ def f1_macro_samples(preds: torch.Tensor, gold: torch.Tensor, num_classes: int, 
     return torch.cat(out)
 
 
+def recall_samples(preds: torch.Tensor, gold: torch.Tensor, label: int, idx: torch.Tensor) -> torch.Tensor:
+    """One class's recall for every resample that holds the class (others are dropped): small
+    classes get the wide intervals they deserve."""
+    support = (gold == label).float()[idx].sum(1)
+    hits = ((gold == label) & (preds == label)).float()[idx].sum(1)
+    return (hits / support)[support > 0]
+
+
 def F_one_hot(values: torch.Tensor, num_classes: int) -> torch.Tensor:
     return torch.nn.functional.one_hot(values, num_classes).float()
 

@@ -90,6 +90,9 @@ def test_report_json_contract(classification_run):
     assert isinstance(training["stopped_early"], bool)
     assert [e["epoch"] for e in training["epochs"]] == [0, 1]
     assert all(e["train_loss"] > 0 and e["val_loss"] > 0 for e in training["epochs"])
+    for label, entry in report["tasks"]["sentiment"]["test"]["fine_tuned"]["per_class"].items():
+        low, high = entry["recall_ci95"]
+        assert 0 <= low <= entry["recall"] <= high <= 1, label
     cost = report["cost"]
     assert 0 < cost["trainable_params"] < cost["total_params"]
     assert cost["train_seconds"] > 0 and cost["tokens_per_second"] > 0 and cost["peak_rss_mb"] > 0

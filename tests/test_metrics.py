@@ -136,3 +136,21 @@ def test_tfidf_baseline_learns_a_word_level_task_and_gives_probabilities(workdir
         assert set(r["probabilities"]) == {"positive", "negative"}
         assert abs(sum(r["probabilities"].values()) - 1) < 1e-3
         assert max(r["probabilities"], key=r["probabilities"].get) == r["prediction"]
+
+
+def test_per_class_recall_interval_is_wide_for_a_small_class():
+    from runner import stats
+
+    gold = torch.tensor([0] * 90 + [1] * 10)
+    preds = gold.clone()
+    preds[90:95] = 0  # class 1: recall 0.5 on 10 rows; class 0: recall 1.0 on 90
+    idx = stats.resample_indices(100, 2000, 0)
+    small = stats.interval(stats.recall_samples(preds, gold, 1, idx))
+    large = stats.interval(stats.recall_samples(preds, gold, 0, idx))
+    assert small[0] < 0.5 < small[1] and small[1] - small[0] > 0.4
+    assert large == [1.0, 1.0]
+    # Direct computation on one resample.
+    row = idx[0]
+    g, p = gold[row], preds[row]
+    expected = float(((g == 1) & (p == 1)).sum() / (g == 1).sum())
+    assert stats.recall_samples(preds, gold, 1, idx[:1]).item() == pytest.approx(expected)

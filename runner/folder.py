@@ -177,6 +177,8 @@ def make_figures(report: dict) -> dict:
             figures[f"ladder_{name}"] = plots.ladder_chart(name, tests, reporting.headline(next(iter(tests.values()))))
         if "fine_tuned" in tests and "confusion_matrix" in tests["fine_tuned"]:
             figures[f"confusion_{name}"] = plots.confusion_heatmap(name, tests["fine_tuned"]["confusion_matrix"])
+        if tests.get("fine_tuned", {}).get("calibration", {}).get("bins"):
+            figures[f"calibration_{name}"] = plots.reliability_chart(name, tests["fine_tuned"]["calibration"])
     if any(e.get("retention") is not None for e in report.get("forgetting", {}).values()):
         figures["forgetting"] = plots.forgetting_chart(report["forgetting"])
     return figures

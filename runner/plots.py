@@ -183,3 +183,32 @@ def _base_lines(ax, base: dict, metric: str) -> None:
         # The majority line is the number any model must beat: dotted, dark enough to see.
         color, style = ("#6b6b6b", ":") if rung == "majority" else (RUNG_COLORS[rung], "--")
         ax.axhline(m[metric], color=color, linestyle=style, linewidth=1.2, label=RUNG_TITLES[rung])
+
+
+def reliability_chart(task_name: str, calibration: dict) -> Figure:
+    """Accuracy against confidence per bin (the diagonal is perfect calibration), bin sizes as
+    bar widths' labels: where the fine-tuned model's label probabilities can be trusted."""
+    bins = calibration["bins"]
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    ax.plot([0, 1], [0, 1], linestyle="--", color="#9aa5b1", linewidth=1, label="perfectly calibrated")
+    centers = [(b["low"] + b["high"]) / 2 for b in bins]
+    ax.bar(
+        centers,
+        [b["accuracy"] for b in bins],
+        width=[b["high"] - b["low"] for b in bins],
+        color=RUNG_COLORS["fine_tuned"],
+        alpha=0.75,
+        edgecolor="white",
+        label="accuracy in bin",
+    )
+    ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o", color="#1b5e20", markersize=4)
+    for c, b in zip(centers, bins):
+        ax.annotate(str(b["count"]), (c, min(b["accuracy"] + 0.02, 0.95)), ha="center", fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (probability of the predicted label)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{task_name}: ECE {calibration['ece']:.3f} (rows per bin above bars)", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return fig

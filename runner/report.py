@@ -22,7 +22,9 @@ report.json, schema_version 3:
                     (untouched model, task prompt), base_few_shot (untouched model, k solved train
                     examples first), fine_tuned (best checkpoint, task prompt);
                     classification {accuracy, f1_macro, n, per_class {label: {precision,
-                    recall, recall_ci95, f1, support}}, confusion_matrix},
+                    recall, recall_ci95, f1, support}}, confusion_matrix}; language-model
+                    rungs of classification tasks: calibration {ece, bins [{low, high, count,
+                    confidence, accuracy}]} of the label probabilities
                     generation {exact_match, n}; every rung: prompt_tokens_mean (after any
                     shortening: what the model saw), prompts_truncated, and
                     ci95 {metric: [low, high]} (seeded bootstrap over test rows); base_few_shot:
@@ -479,6 +481,19 @@ def task_blocks(name: str, task: dict, images: dict[str, str]) -> list[tuple]:
             blocks.append(
                 ("table", ["label (fine-tuned)", "precision", "recall", "recall 95% CI", "F1", "support"], rows)
             )
+            calibration = {r: tests[r]["calibration"]["ece"] for r in RUNGS if "calibration" in tests.get(r, {})}
+            if calibration:
+                blocks.append(
+                    (
+                        "p",
+                        "Calibration of the label probabilities (expected calibration error, 10 bins; 0 is "
+                        "perfect): " + ", ".join(f"{RUNG_TITLES[r]} {e:.3f}" for r, e in calibration.items()) + ".",
+                    )
+                )
+            if f"calibration_{name}" in images:
+                blocks.append(
+                    ("img", f"calibration_{name}", f"{name}: reliability of the fine-tuned model's probabilities")
+                )
             if f"confusion_{name}" in images:
                 blocks.append(("img", f"confusion_{name}", f"{name}: confusion matrix of the fine-tuned model"))
             cm = ft["confusion_matrix"]

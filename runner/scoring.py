@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from runner import cache, checks
+from runner import cache, checks, stats
 from runner import report as reporting
 from runner.data import Encoder, TaskData
 from runner.evaluation import Evaluator, majority_baseline, tfidf_baseline
@@ -216,6 +216,12 @@ def score_tasks(
             for r in records:
                 f.write(json.dumps({"task": data.task.name, "rung": rung, **r}) + "\n")
             correct = torch.tensor([r["correct"] for r in records], dtype=torch.float)
+            if records and all("label_logprobs" in r for r in records):
+                # Label probabilities as `predict` hands them out: the label log-likelihoods
+                # normalised over the labels; calibration asks whether they can be thresholded.
+                logprobs = torch.tensor([list(r["label_logprobs"].values()) for r in records])
+                confidence = torch.softmax(logprobs, dim=1).max(dim=1).values
+                metrics["calibration"] = stats.calibration(confidence, correct)
             if data.task.is_classification:
                 labels = data.task.labels
                 items = reporting.ItemScores(

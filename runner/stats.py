@@ -54,3 +54,27 @@ def interval(samples: torch.Tensor) -> list[float]:
 
 def excludes_zero(ci: list[float]) -> bool:
     return ci[0] > 0 or ci[1] < 0
+
+
+def calibration(confidence: torch.Tensor, correct: torch.Tensor, bins: int = 10) -> dict:
+    """Expected calibration error (the gap between confidence and accuracy, weighted by the rows
+    in each of `bins` equal-width confidence bins) and the bins themselves for a reliability plot."""
+    edges = torch.linspace(0, 1, bins + 1)
+    which = torch.bucketize(confidence.clamp(0, 1), edges[1:-1], right=True)
+    table, ece = [], 0.0
+    for b in range(bins):
+        inside = which == b
+        count = int(inside.sum())
+        if count:
+            conf, acc = float(confidence[inside].mean()), float(correct[inside].float().mean())
+            ece += count / len(confidence) * abs(conf - acc)
+            table.append(
+                {
+                    "low": round(float(edges[b]), 2),
+                    "high": round(float(edges[b + 1]), 2),
+                    "count": count,
+                    "confidence": round(conf, 4),
+                    "accuracy": round(acc, 4),
+                }
+            )
+    return {"ece": round(ece, 4), "bins": table}

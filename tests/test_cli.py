@@ -93,6 +93,11 @@ def test_report_json_contract(classification_run):
     for label, entry in report["tasks"]["sentiment"]["test"]["fine_tuned"]["per_class"].items():
         low, high = entry["recall_ci95"]
         assert 0 <= low <= entry["recall"] <= high <= 1, label
+    calibration = report["tasks"]["sentiment"]["test"]["fine_tuned"]["calibration"]
+    assert 0 <= calibration["ece"] <= 1 and sum(b["count"] for b in calibration["bins"]) == len(
+        [p for p in predictions_of(run_dir) if p["rung"] == "fine_tuned"]
+    )
+    assert (run_dir / "plots" / "calibration_sentiment.png").is_file()
     cost = report["cost"]
     assert 0 < cost["trainable_params"] < cost["total_params"]
     assert cost["train_seconds"] > 0 and cost["tokens_per_second"] > 0 and cost["peak_rss_mb"] > 0
@@ -293,3 +298,7 @@ def test_resume_from_a_damaged_checkpoint_is_a_clear_error(classification_run, t
     err = capsys.readouterr().err
     assert "checkpoints/last.ckpt cannot be read as a checkpoint" in err and "Traceback" not in err
     assert json.loads((copy / "report.json").read_text())["status"] == "complete"  # the earlier report is kept
+
+
+def predictions_of(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]

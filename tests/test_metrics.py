@@ -154,3 +154,15 @@ def test_per_class_recall_interval_is_wide_for_a_small_class():
     g, p = gold[row], preds[row]
     expected = float(((g == 1) & (p == 1)).sum() / (g == 1).sum())
     assert stats.recall_samples(preds, gold, 1, idx[:1]).item() == pytest.approx(expected)
+
+
+def test_calibration_error_by_direct_computation():
+    from runner import stats
+
+    confidence = torch.tensor([0.95, 0.95, 0.95, 0.95, 0.55, 0.55])
+    correct = torch.tensor([1, 1, 1, 0, 1, 0])
+    result = stats.calibration(confidence, correct)
+    # Bin 0.9-1.0: confidence 0.95, accuracy 0.75 (4 rows); bin 0.5-0.6: 0.55 vs 0.5 (2 rows).
+    assert result["ece"] == pytest.approx(4 / 6 * 0.20 + 2 / 6 * 0.05, abs=1e-4)
+    assert [(b["low"], b["count"]) for b in result["bins"]] == [(0.5, 2), (0.9, 4)]
+    assert stats.calibration(torch.tensor([0.8, 0.8]), torch.tensor([1, 0]))["ece"] == pytest.approx(0.3)

@@ -53,7 +53,7 @@ def ladder_chart(task_name: str, tests: dict, metric: str) -> Figure:
         [v - tests[r].get("ci95", {}).get(metric, [v, v])[0] for r, v in zip(rungs, values)],
         [tests[r].get("ci95", {}).get(metric, [v, v])[1] - v for r, v in zip(rungs, values)],
     ]
-    fig, ax = plt.subplots(figsize=(6, 3.4))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.5 * len(rungs)), 3.4))  # room for every rung's label
     bars = ax.bar(
         [RUNG_TITLES[r] for r in rungs], values, yerr=errors, capsize=6, color=[RUNG_COLORS[r] for r in rungs]
     )

@@ -177,7 +177,7 @@ def variant_entry(v: Variant, best: Variant | None, primary: str, metric: str, i
 
 def forgetting(reports: list[dict]) -> dict:
     """Per probe: before, after and the change (means over seeds), the paired interval of a
-    single seed's change, and whether it shows forgetting (the report's own rule)."""
+    single seed's change, and whether it shows forgetting (the report's own rule, report.forgot)."""
     out = {}
     for name in reports[0].get("forgetting", {}):
         entries = [r["forgetting"][name] for r in reports if name in r.get("forgetting", {})]
@@ -192,17 +192,9 @@ def forgetting(reports: list[dict]) -> dict:
             "after": round(statistics.fmean(e["after"] for e in entries), 4),
             "delta": round(statistics.fmean(e["delta"] for e in entries), 4),
             "delta_ci95": first.get("delta_ci95") if len(entries) == 1 else None,
-            "forgot": any(forgot(e) for e in entries),
+            "forgot": any(reporting.forgot(e) for e in entries),
         }
     return out
-
-
-def forgot(entry: dict) -> bool:
-    """Measurable forgetting: an accuracy probe down with a paired 95% interval below zero, or
-    perplexity up by more than the report's threshold."""
-    if entry["kind"] == "perplexity":
-        return entry["after"] > entry["before"] * (1 + reporting.PERPLEXITY_FORGETTING)
-    return bool(entry.get("excludes_zero")) and entry["delta"] < 0
 
 
 def cost(reports: list[dict]) -> dict:

@@ -222,6 +222,14 @@ def forgetting_entry(
 PERPLEXITY_FORGETTING, PERPLEXITY_SHIFT, DRIFT_SHIFT = 0.10, 0.02, 0.02
 
 
+def forgot(e: dict) -> bool:
+    """Forgetting on one (non-drift) probe: perplexity up by more than PERPLEXITY_FORGETTING, or an
+    accuracy down with its paired 95% interval below zero (without items: retention below 0.95)."""
+    if e["metric"] == "perplexity":
+        return e["after"] / e["before"] - 1 > PERPLEXITY_FORGETTING
+    return e["delta"] < 0 and e.get("excludes_zero", e["retention"] is not None and e["retention"] < 0.95)
+
+
 def forgetting_sentence(forgetting: dict) -> str:
     """One sentence a reader can act on."""
     if not forgetting:
@@ -236,7 +244,7 @@ def forgetting_sentence(forgetting: dict) -> str:
         if e["metric"] == "perplexity":
             change = e["after"] / e["before"] - 1
             parts.append(f"{name} perplexity {'rose' if change > 0 else 'fell'} {abs(change):.1%}")
-            if change > PERPLEXITY_FORGETTING:
+            if forgot(e):
                 worse.append(name)
             elif change > PERPLEXITY_SHIFT:
                 shifted.append(name)
@@ -244,7 +252,7 @@ def forgetting_sentence(forgetting: dict) -> str:
         ci = e.get("delta_ci95")
         ci_text = f" (95% CI {ci[0]:+.3f}..{ci[1]:+.3f})" if ci else ""
         parts.append(f"{name} {e['metric']} moved {e['delta']:+.3f}{ci_text}")
-        if e["delta"] < 0 and e.get("excludes_zero", e["retention"] is not None and e["retention"] < 0.95):
+        if forgot(e):
             worse.append(name)
     details = "; ".join(parts)
     if worse:

@@ -45,14 +45,17 @@ def training_curves(epochs: list[dict], best_epoch: int | None) -> Figure:
     return fig
 
 
+def error_bars(values: list[float], cis: list[list[float] | None]) -> list[list[float]]:
+    """matplotlib's yerr (distances below and above) from 95% intervals; none: no bar."""
+    cis = [ci or [v, v] for v, ci in zip(values, cis)]
+    return [[v - lo for v, (lo, _) in zip(values, cis)], [hi - v for v, (_, hi) in zip(values, cis)]]
+
+
 def ladder_chart(task_name: str, tests: dict, metric: str) -> Figure:
     """Headline metric per rung with its 95% interval, and the prompt tokens each rung costs."""
     rungs = [r for r in RUNG_TITLES if r in tests]
     values = [tests[r][metric] for r in rungs]
-    errors = [
-        [v - tests[r].get("ci95", {}).get(metric, [v, v])[0] for r, v in zip(rungs, values)],
-        [tests[r].get("ci95", {}).get(metric, [v, v])[1] - v for r, v in zip(rungs, values)],
-    ]
+    errors = error_bars(values, [tests[r].get("ci95", {}).get(metric) for r in rungs])
     fig, ax = plt.subplots(figsize=(max(6.0, 1.5 * len(rungs)), 3.4))  # room for every rung's label
     bars = ax.bar(
         [RUNG_TITLES[r] for r in rungs], values, yerr=errors, capsize=6, color=[RUNG_COLORS[r] for r in rungs]
@@ -130,12 +133,11 @@ def variants_chart(variants: dict, base: dict, metric: str) -> Figure:
     untouched model's zero- and few-shot lines for reference."""
     names = list(variants)
     values = [variants[n][metric] for n in names]
-    cis = [variants[n].get("ci95") or [v, v] for n, v in zip(names, values)]
     fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(names) + 2), 3.6))
     ax.bar(
         names,
         values,
-        yerr=[[v - lo for v, (lo, _) in zip(values, cis)], [hi - v for v, (_, hi) in zip(values, cis)]],
+        yerr=error_bars(values, [variants[n].get("ci95") for n in names]),
         capsize=6,
         color=RUNG_COLORS["fine_tuned"],
     )
@@ -154,12 +156,11 @@ def curve_chart(points: list[dict], base: dict, metric: str) -> Figure:
     """The data-efficiency curve: test metric (95% interval) by training rows."""
     rows = [p["train_rows"] for p in points]
     values = [p[metric] for p in points]
-    cis = [p.get("ci95") or [v, v] for p, v in zip(points, values)]
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ax.errorbar(
         rows,
         values,
-        yerr=[[v - lo for v, (lo, _) in zip(values, cis)], [hi - v for v, (_, hi) in zip(values, cis)]],
+        yerr=error_bars(values, [p.get("ci95") for p in points]),
         fmt="o-",
         capsize=5,
         color=RUNG_COLORS["fine_tuned"],

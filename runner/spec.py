@@ -264,10 +264,6 @@ class Spec:
     run: Run | None = None  # which of its experiment's runs this spec is, if any
 
     @property
-    def primary(self) -> TaskSpec:
-        return next(t for t in self.tasks if t.name == self.primary_task)
-
-    @property
     def is_experiment(self) -> bool:
         return bool(self.runs)
 

@@ -79,15 +79,16 @@ class FineTuneData(L.LightningDataModule):
         return [row for rows in self.train_sets for row in rows]
 
     def train_dataloader(self) -> DataLoader:
+        rows = self.train_rows
         sampler = MixtureSampler(
             [len(s) for s in self.train_sets],
             self.quotas,
             self.seed,
-            lengths=[len(r["input_ids"]) for r in self.train_rows] if self.group_by_length else None,
+            lengths=[len(r["input_ids"]) for r in rows] if self.group_by_length else None,
             batch_size=self.batch_size,
         )
         return DataLoader(
-            self.train_rows,
+            rows,
             sampler=sampler,
             batch_size=self.batch_size,
             collate_fn=self.collator,

@@ -24,7 +24,7 @@ from torchmetrics.functional.classification import (
 )
 
 from runner.data import Collator, Encoder, Example, TaskData
-from runner.forward import completion_logprobs, forward, output_cache
+from runner.forward import completion_logprobs, forward, generate, output_cache
 from runner.truncation import Fitter
 
 TEXT_WINDOWS = 2  # windows per forward pass for perplexity and drift
@@ -188,17 +188,17 @@ class Evaluator:
             for start in range(0, len(prompts), self.batch_size):
                 # Left padding, so every row's next token follows its own prompt.
                 ids, mask = left_pad(prompts[start : start + self.batch_size], tokenizer.pad_token_id)
-                width = ids.shape[1]
                 with self._inference():
-                    out = self.model.generate(
-                        input_ids=ids.to(self.device),
-                        attention_mask=mask.to(self.device),
+                    new = generate(
+                        self.model,
+                        ids.to(self.device),
+                        mask.to(self.device),
                         max_new_tokens=self.max_new_tokens,
                         do_sample=False,
                         pad_token_id=tokenizer.pad_token_id,
                         eos_token_id=tokenizer.eos_token_id,
                     )
-                answers += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+                answers += tokenizer.batch_decode(new, skip_special_tokens=True)
                 bar.update(ids.shape[0])
         return [a.strip() for a in answers]
 

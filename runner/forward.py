@@ -1,6 +1,8 @@
 """One path through the model: training loss, validation loss and every likelihood score call the
-model's own `forward`, so whatever it or a `peft` method does there (prompt tuning's virtual
-tokens, logit softcapping or scaling in other families) is part of what is trained and scored.
+model's own `forward`, so whatever it or a `peft` method does there (logit softcapping or
+scaling in other families, adapters inside layers) is part of what is trained and scored. Prompt
+tuning's virtual tokens are placed here, from the peft model's own prompt encoder, the way its
+forward places them, with position ids added (see `_with_virtual_tokens`).
 
 The vocabulary head is still applied only where a target is: with a 49k vocabulary it is a
 large share of the compute and most of the activation memory, and a classification completion
@@ -27,16 +29,55 @@ def positions(attention_mask: torch.Tensor) -> torch.Tensor:
 def forward(model: torch.nn.Module, keep: int | torch.Tensor = 0, cache=None, **inputs):
     """The model's forward with `logits_to_keep` (0: every position), for models that take it.
 
-    Position ids are passed for left-padded rows; peft prompt-learning methods place their own.
-    `cache` is a key/value cache to continue from (transformers 5 renamed `past_key_values`).
+    Position ids are passed for left-padded rows. `cache` is a key/value cache to continue from
+    (transformers 5 renamed `past_key_values`).
     """
+    if virtual_tokens(model):
+        model, inputs = _with_virtual_tokens(model, inputs, continuing=cache is not None)
     if cache is not None:
         inputs[_cache_kwarg(model)] = cache
-    if "position_ids" not in inputs and "attention_mask" in inputs and not _prompt_learning(model):
+    if "position_ids" not in inputs and "attention_mask" in inputs:
         inputs["position_ids"] = positions(inputs["attention_mask"])
     if _takes_logits_to_keep(model):
         inputs["logits_to_keep"] = keep
     return model(**inputs)
+
+
+def virtual_tokens(model: torch.nn.Module) -> int:
+    """How many learned tokens a peft prompt-tuning model puts before every input (else 0)."""
+    config = getattr(model, "active_peft_config", None)
+    return config.num_virtual_tokens if getattr(config, "is_prompt_learning", False) else 0
+
+
+def _with_virtual_tokens(model: torch.nn.Module, inputs: dict, continuing: bool) -> tuple[torch.nn.Module, dict]:
+    """The base model and inputs with the learned tokens in front, as peft's forward puts them,
+    but with position ids: peft drops them for prompt tuning, which shifts every position of a
+    left-padded row by its padding, so a row's score would depend on the batch it is in.
+
+    A continuation (`continuing`: keys/values cached) already holds the virtual tokens: only the
+    attention mask and the positions must count them.
+    """
+    n = virtual_tokens(model)
+    lm = causal_lm(model)
+    inputs = dict(inputs)
+    mask = inputs["attention_mask"]
+    if not continuing:
+        embeds = lm.get_input_embeddings()(inputs.pop("input_ids"))
+        prompt = model.get_prompt(batch_size=mask.shape[0]).to(embeds.dtype)
+        inputs["inputs_embeds"] = torch.cat([prompt, embeds], dim=1)
+    inputs["attention_mask"] = torch.cat([mask.new_ones(mask.shape[0], n), mask], dim=1)
+    if "position_ids" in inputs:
+        inputs["position_ids"] = inputs["position_ids"] + n
+    return lm, inputs
+
+
+def generate(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, **settings) -> torch.Tensor:
+    """Greedy continuation of left-padded prompts: the new tokens only."""
+    if virtual_tokens(model):
+        model, inputs = _with_virtual_tokens(model, {"input_ids": input_ids, "attention_mask": attention_mask}, False)
+        return model.generate(**inputs, **settings)  # from embeddings, generate returns the new tokens alone
+    out = model.generate(input_ids=input_ids, attention_mask=attention_mask, **settings)
+    return out[:, input_ids.shape[1] :]
 
 
 def completion_token_losses(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,11 +127,6 @@ def output_cache(output):
 
 def _cache_kwarg(model: torch.nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(causal_lm(model).forward).parameters else "past_key_values"
-
-
-def _prompt_learning(model: torch.nn.Module) -> bool:
-    config = getattr(model, "active_peft_config", None)
-    return bool(getattr(config, "is_prompt_learning", False))
 
 
 def _takes_logits_to_keep(model: torch.nn.Module) -> bool:

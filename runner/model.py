@@ -258,34 +258,6 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-def apply_method(model: torch.nn.Module, method) -> torch.nn.Module:
-    """Make the model trainable by `method.kind`: LoRA adapters through peft, or every weight."""
-    if method.kind == "full":
-        model.requires_grad_(True)
-        return model
-    from peft import LoraConfig, get_peft_model
-
-    lora = method.lora
-    target = lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules)
-    config = LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=target,
-        task_type="CAUSAL_LM",
-    )
-    try:
-        model = get_peft_model(model, config)
-    except ValueError as exc:
-        names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
-        raise RunnerError(
-            f"$.method.lora.target_modules: {' '.join(str(exc).split())[:200]}\n"
-            f"This model's linear layers are: {', '.join(names)} (or use 'all-linear')."
-        ) from None
-    use_fast_dropout(model)
-    return model
-
-
 class _MaskedScale(torch.autograd.Function):
     """x * keep * scale, saving only the boolean mask for the backward pass."""
 

@@ -41,12 +41,13 @@ def plan(spec: Spec) -> dict:
     epochs = steps / steps_per_epoch
 
     started = time.perf_counter()
-    model, _ = prepared_model(spec)
+    model, tokenizer = prepared_model(spec)
     load_s = time.perf_counter() - started
     scoring = _scoring_estimate(spec, inputs, model)
-    from runner.model import apply_method, count_parameters
+    from runner.methods import apply_method
+    from runner.model import count_parameters
 
-    model = apply_method(model, spec.method)
+    model = apply_method(model, spec.method, tokenizer)
     trainable, total = count_parameters(model)
     module = trainable_module(model, spec, inputs.tasks)
     per_token, peak_mb = _time_training(module, datamodule, spec)

@@ -32,7 +32,8 @@ from runner.folder import (
     write_run_header,
 )
 from runner.inputs import Inputs, prepare_inputs, print_findings
-from runner.model import apply_method, count_parameters, load_model
+from runner.methods import METHODS, apply_method
+from runner.model import count_parameters, load_model
 from runner.plan import run_header
 from runner.scoring import (
     Scoring,
@@ -97,9 +98,10 @@ def _worker_flow(spec: Spec, run_dir: Path, resume_from: Path | None) -> None:
 
     L.seed_everything(spec.training.seed, verbose=False)
     inputs = prepare_inputs(spec, with_probes=False)
-    model, _ = prepared_model(spec)
+    model, tokenizer = prepared_model(spec)
     datamodule = make_datamodule(inputs, spec)
-    fit(trainable_module(apply_method(model, spec.method), spec, inputs.tasks), datamodule, spec, run_dir, resume_from)
+    module = trainable_module(apply_method(model, spec.method, tokenizer), spec, inputs.tasks)
+    fit(module, datamodule, spec, run_dir, resume_from)
 
 
 def prepared_model(spec: Spec) -> tuple[torch.nn.Module, object]:
@@ -128,6 +130,7 @@ def make_datamodule(inputs: Inputs, spec: Spec) -> FineTuneData:
 def trainable_module(model: torch.nn.Module, spec: Spec, tasks: list[TaskData]) -> FineTuner:
     longest = max((len(e.prompt) for t in tasks for e in t.train), default=0)  # characters >= tokens
     use_activation_checkpointing(model, spec.training, min(longest, spec.model.max_length))
+    # Checkpoints hold only the trained weights, unless every weight trains.
     module = FineTuner(model, spec.training, [t.task.name for t in tasks], save_frozen=spec.method.kind == "full")
     module.train()  # from_pretrained returns eval mode, and Lightning keeps the modes it finds
     return module
@@ -142,9 +145,9 @@ def describe_training_data(datamodule: FineTuneData, spec: Spec) -> dict:
 
 
 def needs_base_copy(spec: Spec) -> bool:
-    """Drift compares next-token distributions of base and tuned model: LoRA can switch its
-    adapters off; full fine-tuning needs a copy of the base weights."""
-    return spec.method.kind == "full" and any(p.kind == "drift" for p in spec.evaluation.forgetting)
+    """Drift compares next-token distributions of base and tuned model: an adapter can be
+    switched off; a method that trains base weights needs a copy of them."""
+    return METHODS[spec.method.kind].trains_base and any(p.kind == "drift" for p in spec.evaluation.forgetting)
 
 
 def _guarded(spec: Spec, run_dir: Path, mode: str, inputs: Inputs, flow) -> Path:
@@ -208,7 +211,7 @@ def _train_flow(
     reporting.write_json(run_dir / "report.json", report)
 
     base_copy = copy.deepcopy(model) if needs_base_copy(spec) else None
-    model = apply_method(model, spec.method)
+    model = apply_method(model, spec.method, tokenizer)
     trainable, total = count_parameters(model)
     report["cost"] = {**report.get("cost", {}), "trainable_params": trainable, "total_params": total}
     module = trainable_module(model, spec, inputs.tasks)
@@ -254,7 +257,7 @@ def _eval_flow(spec: Spec, run_dir: Path, report: dict, inputs: Inputs, checkpoi
 
     torch.manual_seed(spec.seed)
     with timed(report, "load_model_seconds"):
-        model, _ = prepared_model(spec)
+        model, tokenizer = prepared_model(spec)
     scoring = Scoring(spec, inputs.tasks, inputs.probes, report, run_dir)
     evaluator = make_evaluator(model, inputs.encoder, spec, inputs.fitter)
     with timed(report, "score_base_seconds"):
@@ -262,7 +265,7 @@ def _eval_flow(spec: Spec, run_dir: Path, report: dict, inputs: Inputs, checkpoi
     if checkpoint is not None:
         report["checkpoint"] = str(checkpoint)
         base_copy = copy.deepcopy(model) if needs_base_copy(spec) else None
-        tuned = load_checkpoint_model(model, spec, checkpoint)
+        tuned = load_checkpoint_model(model, tokenizer, spec, checkpoint)
         evaluator.model = tuned.to(evaluator.device)
         score_tuned(evaluator, base_evaluator(evaluator, base_copy), scoring)
     summarize(scoring)
@@ -271,7 +274,7 @@ def _eval_flow(spec: Spec, run_dir: Path, report: dict, inputs: Inputs, checkpoi
     finish(run_dir, report, "complete", writer=logger.experiment, step=0)
 
 
-def load_checkpoint_model(model: torch.nn.Module, spec: Spec, checkpoint: Path) -> torch.nn.Module:
+def load_checkpoint_model(model: torch.nn.Module, tokenizer, spec: Spec, checkpoint: Path) -> torch.nn.Module:
     """A run's `.ckpt` (tensors only, weights_only=True) or its exported `model/` folder."""
     if checkpoint.is_dir():
         if (checkpoint / "adapter_config.json").is_file():
@@ -282,7 +285,7 @@ def load_checkpoint_model(model: torch.nn.Module, spec: Spec, checkpoint: Path) 
         return tuned
     if checkpoint.suffix != ".ckpt" or not checkpoint.is_file():
         raise RunnerError(f"--checkpoint {checkpoint}: expected a run's checkpoints/*.ckpt file or its model/ folder.")
-    module = FineTuner(apply_method(model, spec.method), spec.training, [t.name for t in spec.tasks], save_frozen=True)
+    module = FineTuner(apply_method(model, spec.method, tokenizer), spec.training, [t.name for t in spec.tasks], save_frozen=True)
     try:
         load_weights(module, checkpoint)
     except (RuntimeError, KeyError) as exc:
@@ -292,7 +295,6 @@ def load_checkpoint_model(model: torch.nn.Module, spec: Spec, checkpoint: Path) 
 
 def hparams(spec: Spec) -> dict:
     """Flat settings for TensorBoard's HParams tab."""
-    lora = spec.method.lora
     return {
         "variant": spec.run.variant if spec.run else "",
         "training_seed": spec.training.seed,
@@ -300,7 +302,7 @@ def hparams(spec: Spec) -> dict:
         "replay_share": spec.replay.share if spec.replay else 0.0,
         "model": spec.model.source,
         "method": spec.method.kind,
-        "lora_r": lora.r if spec.method.kind == "lora" else 0,
+        "lora_r": spec.method.settings["r"] if spec.method.kind == "lora" else 0,
         "learning_rate": spec.training.learning_rate,
         "epochs": spec.training.epochs,
         "batch_size": spec.training.batch_size,

@@ -16,7 +16,8 @@ from runner import cache, checks, stats
 from runner import report as reporting
 from runner.data import Encoder, TaskData
 from runner.evaluation import Evaluator, majority_baseline, tfidf_baseline
-from runner.model import merged_adapters
+from runner.forward import virtual_tokens
+from runner.model import causal_lm, merged_adapters
 from runner.probes import HEADLINE, HIGHER_IS_BETTER, ProbeData, drift, run_probe
 from runner.spec import Spec
 from runner.training import resolve_precision
@@ -192,6 +193,8 @@ def base_evaluator(tuned: Evaluator, base_copy: torch.nn.Module | None) -> Evalu
     """An evaluator that scores as the base model: a kept copy, or the peft model with adapters off."""
     if base_copy is not None:
         return dataclasses.replace(tuned, model=base_copy.to(tuned.device))
+    if virtual_tokens(tuned.model):  # prompt tuning leaves the base model untouched
+        return dataclasses.replace(tuned, model=causal_lm(tuned.model))
     return dataclasses.replace(tuned, adapters_off=True)
 
 

@@ -15,12 +15,14 @@ import typing
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import jsonschema
 import yaml
 
 from runner.errors import SpecError
+from runner.methods import METHODS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = PROJECT_ROOT / "schemas" / "experiment.schema.json"
@@ -117,17 +119,9 @@ class TaskSpec:
 
 
 @dataclass(frozen=True)
-class LoraSpec:
-    r: int
-    alpha: float
-    dropout: float
-    target_modules: str | tuple[str, ...]
-
-
-@dataclass(frozen=True)
 class MethodSpec:
-    kind: str
-    lora: LoraSpec
+    kind: str  # a key of runner.methods.METHODS
+    settings: Mapping[str, Any]  # the spec's method.<kind> section, defaults filled
 
 
 @dataclass(frozen=True)
@@ -277,9 +271,6 @@ class Run:
     seed: int
     description: str = ""
     train_rows: int | str | None = None  # a curve point's rows ("all" for the whole split)
-
-
-DEFAULT_LEARNING_RATE = {"lora": 5e-4, "full": 2e-5}
 
 
 # --- loading ----------------------------------------------------------------------------
@@ -863,16 +854,18 @@ def _build_spec(filled: dict, base_dir: Path, source_path: Path | None) -> Spec:
         else:
             probes.append(_probe(probe, base_dir))
     filled = {**filled, "evaluation": {**filled["evaluation"], "forgetting": probes}}
-    method = filled["method"]
+    kind = filled["method"]["kind"]
+    method = {"kind": kind, "settings": filled["method"].get(kind, {})}
     training = dict(filled["training"])
     if training["learning_rate"] is None:
-        training["learning_rate"] = DEFAULT_LEARNING_RATE[method["kind"]]
+        training["learning_rate"] = METHODS[kind].learning_rate
     training["max_time"] = _seconds(training.get("max_time"))
     if training["seed"] is None:
         training["seed"] = filled["seed"]
     values = {
         **filled,
         "tasks": tasks,
+        "method": method,
         "primary_task": filled["primary_task"] or filled["tasks"][0]["name"],
         "replay": _replay(filled["replay"], base_dir),
         "training": training,

@@ -126,14 +126,20 @@ def test_fast_dropout_has_dropouts_distribution_and_gradient():
     assert torch.equal(dropout.eval()(x), x)
 
 
+def lora_settings(**changes) -> dict:
+    settings = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear", "use_dora": False, "use_rslora": False}
+    return {**settings, **changes}
+
+
 def test_lora_uses_fast_dropout_and_merged_adapters_score_the_same():
     from runner.evaluation import Evaluator
-    from runner.model import FastDropout, apply_method, merged_adapters
-    from runner.spec import LoraSpec, MethodSpec
+    from runner.methods import apply_method
+    from runner.model import FastDropout, merged_adapters
+    from runner.spec import MethodSpec
 
     model, tokenizer = random_tiny(seed=2)
     model = apply_method(
-        model, MethodSpec(kind="lora", lora=LoraSpec(r=4, alpha=8, dropout=0.1, target_modules="all-linear"))
+        model, MethodSpec("lora", lora_settings(dropout=0.1))
     )
     assert any(isinstance(m, FastDropout) for m in model.modules())
     for name, param in model.named_parameters():
@@ -152,11 +158,11 @@ def test_lora_uses_fast_dropout_and_merged_adapters_score_the_same():
 
 
 def lora_tiny(seed: int = 6):
-    from runner.model import apply_method
-    from runner.spec import LoraSpec, MethodSpec
+    from runner.methods import apply_method
+    from runner.spec import MethodSpec
 
     model, tokenizer = random_tiny(seed=seed)
-    method = MethodSpec(kind="lora", lora=LoraSpec(r=4, alpha=8, dropout=0.0, target_modules="all-linear"))
+    method = MethodSpec("lora", lora_settings(dropout=0.0))
     return apply_method(model, method), tokenizer
 
 

@@ -56,7 +56,7 @@ def case_runner(method: str, precision: str, batch: int, steps: int, long_rows: 
     import lightning as L
 
     from runner.inputs import prepare_inputs
-    from runner.model import apply_method
+    from runner.methods import apply_method
     from runner.run import make_datamodule, prepared_model, trainable_module
     from runner.training import timed_steps
 
@@ -65,8 +65,8 @@ def case_runner(method: str, precision: str, batch: int, steps: int, long_rows: 
         spec = _replace(spec, method=_replace(spec.method, kind="full"))
     L.seed_everything(0, verbose=False)
     inputs = prepare_inputs(spec, with_probes=False, enforce_checks=False)
-    model, _ = prepared_model(spec)
-    module = trainable_module(apply_method(model, spec.method), spec, inputs.tasks)
+    model, tokenizer = prepared_model(spec)
+    module = trainable_module(apply_method(model, spec.method, tokenizer), spec, inputs.tasks)
     datamodule = make_datamodule(inputs, spec)
     timed = timed_steps(module, datamodule, spec, steps + 1)[1:]  # the first step warms up
     seconds = sum(s for s, _, _ in timed)

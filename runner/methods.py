@@ -1,0 +1,158 @@
+"""What is trained: one table entry per method.
+
+Each entry says how to make a loaded model trainable (`build`, given the spec's settings for
+that method, i.e. `method.<kind>` in the spec), the learning rate it trains well with when the
+spec leaves `training.learning_rate` unset, and what the rest of runner needs to know about it:
+whether base weights change (drift then needs a copy of the base model; checkpoints hold every
+weight), whether it is a peft adapter (saved and exported as one) and whether it can be merged
+into plain weights. Adding a method is a new entry here and its settings in the schema's
+`method` section.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from runner.errors import RunnerError
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class Method:
+    build: Callable[[torch.nn.Module, dict[str, Any], Any], torch.nn.Module]  # (model, settings, tokenizer)
+    learning_rate: float  # the default: measured on the ticket demo (README, "Training methods")
+    trains_base: bool  # base weights change (full, freeze) rather than added ones
+    adapter: bool  # a peft adapter: saved alone, exported with --adapter
+    mergeable: bool  # --merged folds it into plain transformers weights
+    summary: str
+
+
+def _lora(model, settings: dict, tokenizer):
+    from peft import LoraConfig
+
+    from runner.model import use_fast_dropout
+
+    config = LoraConfig(
+        r=settings["r"],
+        lora_alpha=settings["alpha"],
+        lora_dropout=settings["dropout"],
+        target_modules=_modules(settings["target_modules"]),
+        use_dora=settings["use_dora"],
+        use_rslora=settings["use_rslora"],
+        task_type="CAUSAL_LM",
+    )
+    model = _peft(model, config, "lora", "target_modules")
+    use_fast_dropout(model)
+    return model
+
+
+def _ia3(model, settings: dict, tokenizer):
+    from peft import IA3Config
+
+    # "auto": peft's own choice per architecture (Llama: k_proj, v_proj and down_proj).
+    targets, feedforward = settings["target_modules"], settings["feedforward_modules"]
+    config = IA3Config(
+        target_modules=None if targets == "auto" else _modules(targets),
+        feedforward_modules=None if feedforward == "auto" else _modules(feedforward),
+        task_type="CAUSAL_LM",
+    )
+    return _peft(model, config, "ia3", "target_modules")
+
+
+def _prompt_tuning(model, settings: dict, tokenizer):
+    import torch
+    from peft import PromptTuningConfig, PromptTuningInit
+
+    n = settings["num_virtual_tokens"]
+    config = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=n, prompt_tuning_init=PromptTuningInit.RANDOM)
+    embeddings = model.get_input_embeddings().weight
+    model = _peft(model, config, "prompt_tuning", "num_virtual_tokens")
+    # Start from real token embeddings (peft's RANDOM init draws N(0, 1), far from the scale of
+    # this model's embeddings): the tokens of init_text repeated to length, or random tokens.
+    if settings["init"] == "text":
+        ids = tokenizer(settings["init_text"], add_special_tokens=False)["input_ids"]
+        ids = (ids * (n // len(ids) + 1))[:n]
+    else:
+        generator = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, embeddings.shape[0], (n,), generator=generator).tolist()
+    prompt = model.prompt_encoder[model.active_adapter].embedding
+    with torch.no_grad():
+        prompt.weight.copy_(embeddings[torch.tensor(ids)].detach().to(prompt.weight.dtype))
+    return model
+
+
+def _full(model, settings: dict, tokenizer):
+    model.requires_grad_(True)
+    return model
+
+
+def _freeze(model, settings: dict, tokenizer):
+    """Train the top `blocks` transformer blocks and every normalisation layer; freeze the rest
+    (the embeddings, which the output head shares in small models, stay frozen)."""
+    blocks = decoder_blocks(model)
+    n = settings["blocks"]
+    if n > len(blocks):
+        raise RunnerError(
+            f"$.method.freeze.blocks: {n}, but this model has {len(blocks)} blocks.\n"
+            f"Use at most {len(blocks)} (or method.kind: full to train every weight)."
+        )
+    model.requires_grad_(False)
+    for block in blocks[len(blocks) - n :]:
+        block.requires_grad_(True)
+    if settings["norms"]:
+        for module in model.modules():
+            if "norm" in type(module).__name__.lower():
+                module.requires_grad_(True)
+    return model
+
+
+METHODS: dict[str, Method] = {
+    "lora": Method(_lora, 5e-4, trains_base=False, adapter=True, mergeable=True,
+                   summary="low-rank adapters (optionally DoRA or rsLoRA) through peft"),
+    "ia3": Method(_ia3, 5e-3, trains_base=False, adapter=True, mergeable=True,
+                  summary="learned rescaling of keys, values and feed-forward activations (IA3) through peft"),
+    "prompt_tuning": Method(_prompt_tuning, 3e-2, trains_base=False, adapter=True, mergeable=False,
+                            summary="learned virtual tokens before every prompt through peft"),
+    "full": Method(_full, 2e-5, trains_base=True, adapter=False, mergeable=True,
+                   summary="every weight"),
+    "freeze": Method(_freeze, 5e-5, trains_base=True, adapter=False, mergeable=True,
+                     summary="the top N blocks and the norms; the rest frozen"),
+}  # fmt: skip
+
+
+def apply_method(model: torch.nn.Module, method, tokenizer=None) -> torch.nn.Module:
+    """The model made trainable by `method.kind` with its settings."""
+    return METHODS[method.kind].build(model, dict(method.settings), tokenizer)
+
+
+def decoder_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The transformer blocks, bottom to top: the module list as long as the config's layers."""
+    import torch
+
+    layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == layers:
+            return list(module)
+    raise RunnerError(f"method.kind freeze: cannot find the transformer blocks of {type(model).__name__}.")
+
+
+def _modules(value) -> str | list[str]:
+    return value if isinstance(value, str) else list(value)
+
+
+def _peft(model, config, kind: str, setting: str):
+    import torch
+    from peft import get_peft_model
+
+    try:
+        return get_peft_model(model, config)
+    except (ValueError, TypeError) as exc:
+        names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise RunnerError(
+            f"$.method.{kind}.{setting}: {' '.join(str(exc).split())[:200]}\n"
+            f"This model's linear layers are: {', '.join(names)}."
+        ) from None

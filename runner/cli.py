@@ -1,4 +1,4 @@
-"""Command line: `runner validate | preview | plan | run | eval | compare | schema`.
+"""Command line: `runner validate | preview | plan | run | eval | compare | predict | export | schema`.
 
 Exit codes: 0 success, 2 bad spec or bad data (a message, never a traceback), 1 anything else.
 """
@@ -98,6 +98,27 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true", help="the plan as one JSON object")
     add_overrides(plan)
     plan.set_defaults(func=cmd_plan)
+
+    predict = sub.add_parser(
+        "predict", help="apply a finished run's template and model to new rows; one JSON line of predictions per row"
+    )
+    predict.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    predict.add_argument(
+        "--input", required=True, metavar="FILE", help="rows as JSONL, CSV, TSV, JSON or Parquet; '-' reads standard input"
+    )
+    predict.add_argument("--output", type=Path, metavar="FILE", help="where the JSON lines go (default: standard output)")
+    predict.add_argument("--task", help="which of the run's tasks (default: its primary task)")
+    predict.add_argument("--format", choices=("jsonl", "json", "csv", "tsv", "parquet"), help="the input's format")
+    predict.set_defaults(func=cmd_predict)
+
+    export = sub.add_parser("export", help="write a run's model as a Hugging Face folder: merged, or the adapter")
+    export.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    target = export.add_mutually_exclusive_group(required=True)
+    target.add_argument(
+        "--merged", type=Path, metavar="OUT", help="plain weights for AutoModelForCausalLM.from_pretrained (no peft)"
+    )
+    target.add_argument("--adapter", type=Path, metavar="OUT", help="the peft adapter, for PeftModel.from_pretrained")
+    export.set_defaults(func=cmd_export)
 
     schema = sub.add_parser("schema", help="print the experiment JSON Schema")
     schema.set_defaults(func=cmd_schema)
@@ -201,6 +222,31 @@ def cmd_compare(args: argparse.Namespace) -> int:
         md_path, html_path, markdown = write_comparison(args.run_dirs, args.output)
     print(markdown)
     print(f"Written: {md_path} and {html_path}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from runner.prediction import predict
+    from runner.run import quiet_libraries
+
+    quiet_libraries()
+    summary = predict(args.run_dir, args.input, args.output, args.task, args.format)
+    where = f" to {args.output}" if args.output else ""
+    line = f"{summary['rows']} rows predicted{where}."
+    if summary["with_gold"]:
+        line += f" {summary['with_gold']} rows carried a label: {summary['accuracy']:.3f} of them predicted right."
+    print(line, file=sys.stderr)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from runner.export import export
+    from runner.run import quiet_libraries
+
+    quiet_libraries()
+    out = export(args.run_dir, args.merged or args.adapter, merged=args.merged is not None)
+    how = "AutoModelForCausalLM.from_pretrained" if args.merged else "PeftModel.from_pretrained(base_model, ...)"
+    print(f"Exported to {out}; load it with {how}.")
     return 0
 
 

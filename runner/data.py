@@ -506,6 +506,8 @@ def collate(features: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         "attention_mask": torch.zeros((len(features), width), dtype=torch.long),
         "task_index": torch.tensor([f.get("task_index", 0) for f in features], dtype=torch.long),
     }
+    if any("weight" in f for f in features):  # class_balance 'loss': each row's loss weight
+        batch["weight"] = torch.tensor([f.get("weight", 1.0) for f in features], dtype=torch.float)
     for i, f in enumerate(features):
         n = len(f["input_ids"])
         batch["input_ids"][i, width - n :] = torch.tensor(f["input_ids"])

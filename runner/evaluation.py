@@ -239,6 +239,38 @@ class Evaluator:
         the left and counted.
         """
         task, examples = data.task, data.test
+        answers = self.answer(data, examples, shots, seed)
+        prompts, cut = answers.prompts, answers.cut
+        if task.is_classification:
+            scores = answers.label_logprobs
+            preds = scores.argmax(dim=1)
+            gold = torch.tensor([e.label for e in examples])
+            metrics = classification_metrics(preds, gold, task.labels)
+            records = [
+                {
+                    **_identity(e),
+                    "prediction": task.labels[int(p)],
+                    "correct": bool(p == e.label),
+                    "label_logprobs": {label: round(float(s), 4) for label, s in zip(task.labels, row_scores)},
+                }
+                for e, p, row_scores in zip(examples, preds, scores)
+            ]
+        else:
+            texts = answers.texts
+            hits = [normalize_answer(a) == normalize_answer(e.completion) for a, e in zip(texts, examples)]
+            metrics = {"exact_match": sum(hits) / len(hits), "n": len(hits)}
+            records = [{**_identity(e), "prediction": a, "correct": h} for e, a, h in zip(examples, texts, hits)]
+        metrics["prompt_tokens_mean"] = round(sum(map(len, prompts)) / len(prompts), 1)
+        metrics["prompts_truncated"] = sum(e.truncated or c for e, c in zip(examples, cut))
+        if shots:
+            metrics["few_shot_k"] = round(sum(answers.shots_used) / len(answers.shots_used), 2)
+            metrics["shots_truncated"] = answers.shots_cut
+        return metrics, records
+
+    def answer(self, data: TaskData, examples: list[Example], shots: int = 0, seed: int = 0) -> Answers:
+        """The model's answers to examples of a task (rows of its test split, or new rows for
+        `runner predict`): each label's log-likelihood, or a generated text."""
+        task = data.task
         # Room after the prompt: every label is scored there; a generated answer may run past
         # max_length (positions beyond it are the model's to handle), so it needs none.
         room = self.encoder.label_room(task.labels, data.completion_eos) if task.is_classification else 0
@@ -256,31 +288,24 @@ class Evaluator:
         budget = self.encoder.max_length - room
         cut = [len(p) > budget or q for p, q in zip(prompts, query_cut)]
         prompts = [p[-budget:] for p in prompts]
+        answers = Answers(prompts, cut, shots_used, shots_cut)
         if task.is_classification:
-            scores = self.label_scores(prompts, task.labels, add_eos=data.label_eos)
-            preds = scores.argmax(dim=1)
-            gold = torch.tensor([e.label for e in examples])
-            metrics = classification_metrics(preds, gold, task.labels)
-            records = [
-                {
-                    **_identity(e),
-                    "prediction": task.labels[int(p)],
-                    "correct": bool(p == e.label),
-                    "label_logprobs": {label: round(float(s), 4) for label, s in zip(task.labels, row_scores)},
-                }
-                for e, p, row_scores in zip(examples, preds, scores)
-            ]
+            answers.label_logprobs = self.label_scores(prompts, task.labels, add_eos=data.label_eos)
         else:
-            answers = self.generate(prompts)
-            hits = [normalize_answer(a) == normalize_answer(e.completion) for a, e in zip(answers, examples)]
-            metrics = {"exact_match": sum(hits) / len(hits), "n": len(hits)}
-            records = [{**_identity(e), "prediction": a, "correct": h} for e, a, h in zip(examples, answers, hits)]
-        metrics["prompt_tokens_mean"] = round(sum(map(len, prompts)) / len(prompts), 1)
-        metrics["prompts_truncated"] = sum(e.truncated or c for e, c in zip(examples, cut))
-        if shots:
-            metrics["few_shot_k"] = round(sum(shots_used) / len(shots_used), 2)
-            metrics["shots_truncated"] = shots_cut
-        return metrics, records
+            answers.texts = self.generate(prompts)
+        return answers
+
+
+@dataclass
+class Answers:
+    """A model's answers to a list of examples, and the prompts it saw."""
+
+    prompts: list[list[int]]  # token ids, as scored (shots included, cut to fit)
+    cut: list[bool]  # the prompt was cut from the left to fit max_length
+    shots_used: list[int]
+    shots_cut: int
+    label_logprobs: torch.Tensor | None = None  # [examples, labels] (classification)
+    texts: list[str] | None = None  # greedy answers (generation)
 
 
 def majority_baseline(data: TaskData) -> tuple[dict, list[dict]]:

@@ -43,8 +43,10 @@ report.json, schema_version 3:
                     cache fingerprint when reused; drift probes: {kind, metric:
                     "kl_per_token", value, tokens} (0 = unchanged)
   forgetting_summary  one sentence a reader can act on
-  training          {epochs_run, best_epoch, best_val_loss, stopped_early, stopped_by_time, global_steps,
-                     best_checkpoint, epochs: [{epoch, train_loss, val_loss}]}
+  training          {epochs_run, best_epoch, best_val_loss, monitor (e.g. "val/urgency/loss": the
+                     primary task's value that chose the best epoch), best_monitor, stopped_early,
+                     stopped_by_time, global_steps, best_checkpoint,
+                     epochs: [{epoch, train_loss, val_loss (all sets), monitor}]}
   cost              {train_seconds, trainable_params, total_params, peak_rss_mb,
                      tokens_per_second, train_tokens, checkpoint_mb, score_base_seconds,
                      score_tuned_seconds, score_base_cached (base units reused from the score
@@ -341,7 +343,8 @@ def document(report: dict, images: dict[str, str]) -> list[tuple]:
             (
                 "p",
                 f"Epochs run: {training['epochs_run']}; best epoch: {training['best_epoch']} "
-                f"(val loss {_num(training['best_val_loss'])}); stopped early: {training['stopped_early']}.",
+                f"(val loss {_num(training['best_val_loss'])}); stopped early: {training['stopped_early']}. "
+                + monitor_sentence(training, report.get("training_data", {})),
             )
         )
         if training.get("stopped_by_time"):
@@ -366,7 +369,11 @@ def document(report: dict, images: dict[str, str]) -> list[tuple]:
         if "training_curves" in images:
             blocks.append(("img", "training_curves", "training and validation loss per epoch"))
         rows = [[e["epoch"], _num(e.get("train_loss")), _num(e.get("val_loss"))] for e in training["epochs"]]
-        blocks.append(("table", ["epoch", "train loss", "val loss"], rows))
+        header = ["epoch", "train loss", "val loss"]
+        if training.get("monitor"):  # the primary task's own value that chose the best epoch
+            header.append(training["monitor"])
+            rows = [[*row, _num(e.get("monitor"))] for row, e in zip(rows, training["epochs"])]
+        blocks.append(("table", header, rows))
     cost = report.get("cost")
     if cost:
         rows = []
@@ -546,6 +553,19 @@ def forgetting_blocks(report: dict, images: dict[str, str]) -> list[tuple]:
     if "forgetting" in images:
         blocks.append(("img", "forgetting", "retention per forgetting probe"))
     return blocks
+
+
+def monitor_sentence(training: dict, training_data: dict) -> str:
+    """Which value chose the best epoch (and stopped early), and how the classes were balanced."""
+    monitor = training.get("monitor")
+    if not monitor:
+        return ""
+    text = f"The best epoch and early stopping follow {monitor} ({_num(training.get('best_monitor'))} at the best epoch)."
+    balance = training_data.get("class_balance", "none")
+    if balance != "none":
+        how = {"sample": "each epoch draws every label equally often", "loss": "each row's loss is weighted by the inverse of its label's frequency"}
+        text += f" Class balance: {balance} ({how[balance]})."
+    return text
 
 
 def overfitting(epochs: list[dict]) -> bool:

@@ -150,6 +150,8 @@ class TrainingSpec:
     max_time: float | None = None  # seconds (the spec gives minutes or "[DD:]HH:MM:SS")
     seed: int | None = None  # resolved: the spec's seed when null
     train_rows: int | None = None
+    monitor: str = "loss"  # of the primary task's val split: loss, accuracy or macro_f1
+    class_balance: str = "none"
 
 
 @dataclass(frozen=True)
@@ -679,6 +681,15 @@ def semantic_problems(spec: dict, base_dir: Path) -> list[str]:
         problems.append(f"$.primary_task: {spec['primary_task']!r} is not a task; tasks: {', '.join(names)}.")
     if spec["replay"] is not None:
         problems += _replay_problems(spec["replay"], base_dir)
+    primary = next((t for t in spec["tasks"] if t["name"] == (spec["primary_task"] or names[0])), None)
+    if primary is not None and not primary.get("labels") and not primary.get("label_map"):
+        training = spec["training"]
+        for key, default in (("monitor", "loss"), ("class_balance", "none")):
+            if training[key] != default:
+                problems.append(
+                    f"$.training.{key}: {training[key]!r} needs a classification primary task (labels), "
+                    f"and {primary['name']!r} has none; use {default!r} or give the task labels."
+                )
     return problems
 
 

@@ -7,6 +7,7 @@ vocabulary head applied only at completion positions (`runner.forward`).
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 import sys
 import time
 from dataclasses import dataclass, field
@@ -33,7 +34,10 @@ from runner.data import IGNORE_INDEX, Collator, Encoder, Example, TaskData, samp
 from runner.forward import completion_targets, completion_token_losses
 from runner.spec import ReplaySpec, Spec, TrainingSpec
 
-MONITOR = "val/loss"
+def monitor_key(training: TrainingSpec, primary: str) -> tuple[str, str]:
+    """The logged value that picks the best checkpoint and stops early, and its mode: always the
+    primary task's own validation score (a mixture's loss would let other sets decide)."""
+    return f"val/{primary}/{training.monitor}", "min" if training.monitor == "loss" else "max"
 
 
 class FineTuneData(L.LightningDataModule):
@@ -52,6 +56,8 @@ class FineTuneData(L.LightningDataModule):
         replay_spec: ReplaySpec | None = None,
         train_rows: dict[str, int] | None = None,
         sample_seed: int = 0,
+        primary: str | None = None,
+        class_balance: str = "none",
     ) -> None:
         super().__init__()
         self.task_names = [t.task.name for t in tasks]
@@ -73,16 +79,54 @@ class FineTuneData(L.LightningDataModule):
         if self.replay_spec is not None:  # free text: with an end token, like generation tasks
             self.train_sets.append([{**encoder.encode(e, True), "task_index": len(tasks)} for e in replay])
         self.quotas = epoch_quotas(self.train_sets, self.weights, self.replay_spec)
+        self.class_balance = class_balance
+        self.primary_index = self.task_names.index(primary) if primary in self.task_names else 0
+        if class_balance != "none":
+            self._label_rows(tasks[self.primary_index], train_rows, sample_seed)
+
+    def _label_rows(self, data: TaskData, train_rows: dict[str, int] | None, sample_seed: int) -> None:
+        """Give the primary task's train rows their label, and with class_balance 'loss' the
+        weight n / (k * n_label) (the rows of every label then weigh the same in total)."""
+        train = data.train
+        if train_rows and data.task.name in train_rows:
+            train = train_sample(data, train_rows[data.task.name], sample_seed)
+        rows = self.train_sets[self.primary_index]
+        counts = Counter(e.label for e in train)
+        for row, example in zip(rows, train):
+            row["class_index"] = example.label
+            if self.class_balance == "loss":
+                row["weight"] = len(train) / (len(counts) * counts[example.label])
 
     @property
     def train_rows(self) -> list[dict]:
         return [row for rows in self.train_sets for row in rows]
 
+    def pools(self) -> tuple[list[list[int]], list[int]]:
+        """Index pools into `train_rows` and the rows each gives per epoch: one pool per set,
+        or with class_balance 'sample' the primary task's rows as one pool per label, each
+        giving an equal part of the task's quota."""
+        pools, quotas, offset = [], [], 0
+        for index, (rows, quota) in enumerate(zip(self.train_sets, self.quotas)):
+            indices = list(range(offset, offset + len(rows)))
+            offset += len(rows)
+            if index == self.primary_index and self.class_balance == "sample":
+                by_label: dict[int, list[int]] = {}
+                for i, row in zip(indices, rows):
+                    by_label.setdefault(row["class_index"], []).append(i)
+                parts = [quota * (k + 1) // len(by_label) - quota * k // len(by_label) for k in range(len(by_label))]
+                pools += [by_label[label] for label in sorted(by_label)]
+                quotas += parts
+            else:
+                pools.append(indices)
+                quotas.append(quota)
+        return pools, quotas
+
     def train_dataloader(self) -> DataLoader:
         rows = self.train_rows
+        pools, quotas = self.pools()
         sampler = MixtureSampler(
-            [len(s) for s in self.train_sets],
-            self.quotas,
+            pools,
+            quotas,
             self.seed,
             lengths=[len(r["input_ids"]) for r in rows] if self.group_by_length else None,
             batch_size=self.batch_size,
@@ -158,24 +202,23 @@ def epoch_quotas(sets: list[list[dict]], weights: list[float | None], replay: Re
 
 
 class MixtureSampler(Sampler[int]):
-    """Indices into the concatenated sets: each epoch, set s gives `quotas[s]` rows drawn
-    without replacement from a seeded stream of its shuffled rows (a quota above the set's size
-    wraps into a fresh shuffle), so every row is seen about equally often, and a replay pool
-    larger than its quota yields different rows each epoch. Length grouping (transformers'
+    """Indices into the concatenated sets: each epoch, pool s (a set's indices, or one label's)
+    gives `quotas[s]` rows drawn without replacement from a seeded stream of its shuffled rows
+    (a quota above the pool's size wraps into a fresh shuffle), so every row is seen about
+    equally often, and a replay pool larger than its quota yields different rows each epoch. Length grouping (transformers'
     megabatches) or a plain shuffle then orders the epoch. Reseeded per epoch by `set_epoch`
     (Lightning calls it), so an epoch's order depends only on the seed and its number."""
 
     def __init__(
         self,
-        sizes: list[int],
+        pools: list[list[int]],
         quotas: list[int],
         seed: int,
         lengths: list[int] | None = None,
         batch_size: int = 1,
     ) -> None:
-        self.sizes, self.quotas, self.seed = sizes, quotas, seed
+        self.pools, self.quotas, self.seed = [list(p) for p in pools], quotas, seed
         self.lengths, self.batch_size = lengths, batch_size
-        self.offsets = [sum(sizes[:i]) for i in range(len(sizes))]
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -186,15 +229,15 @@ class MixtureSampler(Sampler[int]):
 
     def __iter__(self):
         chosen: list[int] = []
-        for s, (size, quota, offset) in enumerate(zip(self.sizes, self.quotas, self.offsets)):
+        for s, (pool, quota) in enumerate(zip(self.pools, self.quotas)):
             shuffles: dict[int, list[int]] = {}
-            start = self.epoch * quota  # this epoch's slice of the set's stream
+            start = self.epoch * quota  # this epoch's slice of the pool's stream
             for position in range(start, start + quota):
-                number, index = divmod(position, size)
+                number, index = divmod(position, len(pool))
                 if number not in shuffles:
                     generator = torch.Generator().manual_seed(self._seed("set", s, number))
-                    shuffles[number] = torch.randperm(size, generator=generator).tolist()
-                chosen.append(offset + shuffles[number][index])
+                    shuffles[number] = torch.randperm(len(pool), generator=generator).tolist()
+                chosen.append(pool[shuffles[number][index]])
         generator = torch.Generator().manual_seed(self._seed("order", self.epoch))
         if self.lengths is not None:
             order = get_length_grouped_indices([self.lengths[i] for i in chosen], self.batch_size, generator=generator)
@@ -211,7 +254,13 @@ class FineTuner(L.LightningModule):
     """Trains the wrapped model on completion tokens; logs train/val loss per task."""
 
     def __init__(
-        self, model: torch.nn.Module, training: TrainingSpec, task_names: list[str], save_frozen: bool
+        self,
+        model: torch.nn.Module,
+        training: TrainingSpec,
+        task_names: list[str],
+        save_frozen: bool,
+        primary: str | None = None,
+        val_scorer=None,
     ) -> None:
         super().__init__()
         # Manual optimisation: a batch above training.max_batch_tokens is split into
@@ -221,6 +270,9 @@ class FineTuner(L.LightningModule):
         self.training_spec = training
         self.task_names = task_names
         self.save_frozen = save_frozen
+        self.primary = primary or task_names[0]
+        # monitor accuracy / macro_f1: (model, device) -> the primary task's val metrics
+        self.val_scorer = val_scorer
         # Checkpoints of adapter runs hold only the trainable weights; the frozen base comes
         # from model.source again, so loading must not demand the missing keys.
         self.strict_loading = save_frozen
@@ -232,14 +284,17 @@ class FineTuner(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         spec = self.training_spec
         targets = count_targets(batch)
+        weight = target_weight(batch)  # = targets unless class_balance is 'loss'
         total = torch.zeros((), device=batch["input_ids"].device)
         for part in micro_batches(batch, spec.max_batch_tokens):
-            losses, _ = completion_token_losses(self.model, part)
-            # Summed over the micro-batch, divided by the whole batch's target count: the
-            # gradients add up to those of the batch's mean loss, however it was split.
-            self.manual_backward(losses.sum() / max(targets, 1) / spec.gradient_accumulation)
+            losses, rows = completion_token_losses(self.model, part)
+            if "weight" in part:
+                losses = losses * part["weight"][rows]
+            # Summed over the micro-batch, divided by the whole batch's (weighted) target
+            # count: the gradients add up to those of the batch's mean loss, however it was split.
+            self.manual_backward(losses.sum() / max(weight, 1e-9) / spec.gradient_accumulation)
             total += losses.detach().sum()
-        loss = total / max(targets, 1)
+        loss = total / max(weight, 1e-9)
         if (batch_idx + 1) % spec.gradient_accumulation == 0 or self.trainer.is_last_batch:
             optimizer = self.optimizers()
             self.clip_gradients(optimizer, gradient_clip_val=spec.gradient_clip, gradient_clip_algorithm="norm")
@@ -261,14 +316,24 @@ class FineTuner(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         value = self.val_loss.compute()
-        self.log(MONITOR, value, prog_bar=True, sync_dist=False)
+        self.log("val/loss", value, prog_bar=True, sync_dist=False)
+        logged = {}
         for name, metric in zip(self.task_names, self.val_task_loss):
             if metric.update_count:
-                self.log(f"val/{name}/loss", metric.compute())
+                logged[f"val/{name}/loss"] = metric.compute()
             metric.reset()
         self.val_loss.reset()
+        if self.val_scorer is not None:
+            scores = self.val_scorer(self.model, self.device)
+            for metric in ("accuracy", "macro_f1"):
+                logged[f"val/{self.primary}/{metric}"] = torch.tensor(float(scores[metric]))
+        for key, metric_value in logged.items():
+            self.log(key, metric_value, sync_dist=False)
         if not self.trainer.sanity_checking:
-            self.history.setdefault(self.current_epoch, {})["val_loss"] = float(value)
+            key, _ = monitor_key(self.training_spec, self.primary)
+            entry = self.history.setdefault(self.current_epoch, {})
+            entry["val_loss"] = float(value)
+            entry["monitor"] = float(logged[key]) if key in logged else None
 
     def on_train_epoch_end(self) -> None:
         if self.train_loss.update_count:
@@ -373,6 +438,14 @@ def available_memory() -> float:
     return float("inf")
 
 
+def target_weight(batch: dict) -> float:
+    """The batch's loss tokens, each counted with its row's class weight (1 without one)."""
+    if "weight" not in batch:
+        return float(count_targets(batch))
+    per_row = (completion_targets(batch) != IGNORE_INDEX).sum(1)
+    return float((per_row * batch["weight"]).sum())
+
+
 def count_targets(batch: dict) -> int:
     """Completion tokens the loss is taken over."""
     return int((completion_targets(batch) != IGNORE_INDEX).sum())
@@ -406,6 +479,8 @@ class FitResult:
     epochs_run: int
     best_epoch: int | None
     best_val_loss: float | None
+    monitor: str
+    best_monitor: float | None
     stopped_early: bool
     stopped_by_time: bool
     best_checkpoint: Path | None
@@ -440,11 +515,12 @@ def build_trainer(
     spec: Spec, run_dir: Path, steps_per_epoch: int
 ) -> tuple[L.Trainer, ModelCheckpoint, EarlyStopping | None]:
     training = spec.training
+    monitor, mode = monitor_key(training, spec.primary_task)
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="best-epoch{epoch}-step{step}",
-        monitor=MONITOR,
-        mode="min",
+        monitor=monitor,
+        mode=mode,
         save_top_k=1,
         save_last=True,
         auto_insert_metric_name=False,
@@ -455,8 +531,8 @@ def build_trainer(
     early = None
     if training.early_stopping.enabled:
         early = EarlyStopping(
-            monitor=MONITOR,
-            mode="min",
+            monitor=monitor,
+            mode=mode,
             patience=training.early_stopping.patience,
             min_delta=training.early_stopping.min_delta,
         )
@@ -499,8 +575,11 @@ def fit(
     seconds = time.perf_counter() - started
     timer = next(c for c in trainer.callbacks if isinstance(c, StepTimer))
     history = [{"epoch": e, **v} for e, v in sorted(module.history.items())]
-    scored = [h for h in history if "val_loss" in h]
-    best = min(scored, key=lambda h: h["val_loss"]) if scored else None
+    scored = [h for h in history if h.get("monitor") is not None]
+    _, mode = monitor_key(spec.training, spec.primary_task)
+    # The epoch the checkpoint callback kept: first of equals, as its strict comparison keeps.
+    pick = min if mode == "min" else max
+    best = pick(scored, key=lambda h: h["monitor"]) if scored else None
     best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
     last_path = Path(checkpoint.last_model_path) if checkpoint.last_model_path else None
     result = FitResult(
@@ -508,6 +587,8 @@ def fit(
         epochs_run=len({h["epoch"] for h in history if "train_loss" in h}) or trainer.current_epoch,
         best_epoch=best["epoch"] if best else None,
         best_val_loss=best["val_loss"] if best else None,
+        monitor=monitor_key(spec.training, spec.primary_task)[0],
+        best_monitor=best["monitor"] if best else None,
         stopped_early=bool(early is not None and early.stopped_epoch > 0),
         stopped_by_time=spec.training.max_time is not None and seconds >= spec.training.max_time,
         best_checkpoint=best_path,

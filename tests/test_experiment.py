@@ -343,7 +343,7 @@ def test_paired_interval_is_narrower_than_comparing_two_intervals():
 
 
 def test_sampler_sees_every_row_once_per_epoch_and_reshuffles_each_epoch():
-    sampler = MixtureSampler([30, 20], [30, 20], seed=1)
+    sampler = MixtureSampler([range(30), range(30, 50)], [30, 20], seed=1)
     epochs = []
     for epoch in range(3):
         sampler.set_epoch(epoch)
@@ -358,7 +358,7 @@ def test_sampler_draws_quotas_without_replacement_across_epochs():
     # Set 0 (40 rows) gives 10 per epoch: four epochs see each of its rows exactly once. Set 1
     # (5 rows) gives 12 per epoch from a stream of fresh shuffles: no row more than 4 times in an
     # epoch, and five epochs (12 shuffles) see every row exactly 12 times.
-    sampler = MixtureSampler([40, 5], [10, 12], seed=2, lengths=list(range(45)), batch_size=4)
+    sampler = MixtureSampler([range(40), range(40, 45)], [10, 12], seed=2, lengths=list(range(45)), batch_size=4)
     seen, small = Counter(), Counter()
     for epoch in range(5):
         sampler.set_epoch(epoch)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import base_spec, write_spec
+from conftest import base_spec, write_jsonl, write_spec
 
 from runner.cli import main
 from runner.data import Encoder, Example, TaskData, collate
@@ -201,3 +201,89 @@ def test_activation_checkpointing_auto_turns_on_only_when_memory_is_short(monkey
     assert not training_module.use_activation_checkpointing(model, training, longest_row=64)
     monkeypatch.setattr(training_module, "available_memory", lambda: 1e3)
     assert training_module.use_activation_checkpointing(model, training, longest_row=64)
+
+
+def imbalanced_data(workdir, positives: int = 30, negatives: int = 6) -> tuple[TaskData, Encoder]:
+    """A two-label task whose train split is 5:1 positive."""
+    from runner.spec import load_spec
+
+    task = load_spec(workdir / "spec.yaml").tasks[0]  # labels: positive, negative
+    train = [Example("sentiment", i, f"row {i}", "positive", 0) for i in range(positives)]
+    train += [Example("sentiment", 100 + i, f"row {100 + i}", "negative", 1) for i in range(negatives)]
+    return TaskData(task, train, train[:4], train[:4]), Encoder(byte_tokenizer(), max_length=64, chat_template=False)
+
+
+def test_class_balance_sample_draws_every_label_equally_each_epoch(workdir):
+    data, encoder = imbalanced_data(workdir)
+    dm = FineTuneData([data], encoder, batch_size=4, num_workers=0, seed=0, class_balance="sample")
+    loader = dm.train_dataloader()
+    seen_negatives = set()
+    for epoch in range(3):
+        loader.sampler.set_epoch(epoch)
+        indices = list(loader.sampler)
+        labels = [dm.train_rows[i]["class_index"] for i in indices]
+        assert len(indices) == 36  # an epoch keeps its length
+        assert labels.count(0) == labels.count(1) == 18
+        negatives = [i for i in indices if dm.train_rows[i]["class_index"] == 1]
+        # The 6 negatives repeat three times per epoch, each as often as the others.
+        assert sorted(set(negatives)) == list(range(30, 36)) and all(negatives.count(i) == 3 for i in set(negatives))
+        seen_negatives.update(negatives)
+    unbalanced = FineTuneData([data], encoder, batch_size=4, num_workers=0, seed=0)
+    labels = [unbalanced.train_rows[i]["input_ids"] for i in unbalanced.train_dataloader().sampler]
+    assert len(labels) == 36 and "class_index" not in unbalanced.train_rows[0]
+
+
+def test_class_balance_loss_weights_each_label_the_same_in_total(workdir):
+    from runner.training import target_weight
+
+    data, encoder = imbalanced_data(workdir)
+    dm = FineTuneData([data], encoder, batch_size=36, num_workers=0, seed=0, class_balance="loss")
+    weights = {0: 0.0, 1: 0.0}
+    for row in dm.train_rows:
+        weights[row["class_index"]] += row["weight"]
+    assert weights[0] == pytest.approx(18) and weights[1] == pytest.approx(18)  # n / k each
+    batch = next(iter(dm.train_dataloader()))
+    per_row_targets = (batch["labels"][:, 1:] != -100).sum(1).float()
+    assert target_weight(batch) == pytest.approx(float((per_row_targets * batch["weight"]).sum()))
+    # The weighted mean loss: a negative row's tokens count 5x a positive row's.
+    assert sorted(set(batch["weight"].tolist())) == pytest.approx([0.6, 3.0])
+
+
+def test_monitor_macro_f1_picks_the_best_epoch_on_the_primary_tasks_val_labels(workdir):
+    raw = base_spec()
+    raw["training"].update(epochs=3, monitor="macro_f1", early_stopping={"enabled": False})
+    raw["evaluation"]["baselines"] = ["fine_tuned"]
+    assert main(["run", str(write_spec(workdir / "spec.yaml", raw))]) == 0
+    (run_dir,) = (workdir / "runs" / "tiny").iterdir()
+    training = json.loads((run_dir / "report.json").read_text())["training"]
+    assert training["monitor"] == "val/sentiment/macro_f1"
+    values = [e["monitor"] for e in training["epochs"]]
+    assert len(values) == 3 and all(0 <= v <= 1 for v in values)
+    best = values.index(max(values))
+    assert training["best_epoch"] == best and training["best_monitor"] == max(values)
+    assert f"best-epoch{best}-" in training["best_checkpoint"]
+    assert "macro_f1" in (run_dir / "report.md").read_text()
+
+
+def test_monitor_defaults_to_the_primary_tasks_own_loss_in_a_mixture(workdir):
+    write_jsonl(workdir / "data" / "other.jsonl", [{"text": f"echo {i}", "sentiment": "positive"} for i in range(20)])
+    raw = base_spec(primary_task="sentiment")
+    raw["tasks"].append({"name": "echo", "data": "data/other.jsonl", "template": "sentiment.jinja", "weight": 0.5})
+    raw["tasks"][0]["weight"] = 0.5
+    raw["training"]["epochs"] = 1
+    raw["evaluation"]["baselines"] = ["fine_tuned"]
+    assert main(["run", str(write_spec(workdir / "spec.yaml", raw))]) == 0
+    (run_dir,) = (workdir / "runs" / "tiny").iterdir()
+    training = json.loads((run_dir / "report.json").read_text())["training"]
+    assert training["monitor"] == "val/sentiment/loss"
+    assert training["epochs"][0]["monitor"] != training["epochs"][0]["val_loss"]  # not the mixture's
+
+
+def test_monitor_and_class_balance_need_a_classification_primary_task(workdir, capsys):
+    raw = base_spec()
+    raw["tasks"][0].pop("labels")
+    raw["training"].update(monitor="accuracy", class_balance="sample")
+    assert main(["run", str(write_spec(workdir / "spec.yaml", raw))]) == 2
+    err = capsys.readouterr().err
+    assert "$.training.monitor: 'accuracy' needs a classification primary task (labels)" in err
+    assert "$.training.class_balance: 'sample' needs a classification primary task" in err

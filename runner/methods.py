@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Method:
     build: Callable[[torch.nn.Module, dict[str, Any], Any], torch.nn.Module]  # (model, settings, tokenizer)
-    learning_rate: float  # the default: measured on the ticket demo (README, "Training methods")
+    learning_rate: float  # the default (README, "Training methods": how each was chosen and what it gave)
     trains_base: bool  # base weights change (full, freeze) rather than added ones
     adapter: bool  # a peft adapter: saved alone, exported with --adapter
     mergeable: bool  # --merged folds it into plain transformers weights
@@ -113,7 +113,7 @@ def _freeze(model, settings: dict, tokenizer):
 METHODS: dict[str, Method] = {
     "lora": Method(_lora, 5e-4, trains_base=False, adapter=True, mergeable=True,
                    summary="low-rank adapters (optionally DoRA or rsLoRA) through peft"),
-    "ia3": Method(_ia3, 5e-3, trains_base=False, adapter=True, mergeable=True,
+    "ia3": Method(_ia3, 1e-2, trains_base=False, adapter=True, mergeable=True,
                   summary="learned rescaling of keys, values and feed-forward activations (IA3) through peft"),
     "prompt_tuning": Method(_prompt_tuning, 3e-2, trains_base=False, adapter=True, mergeable=False,
                             summary="learned virtual tokens before every prompt through peft"),

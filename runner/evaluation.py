@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import random
 import re
+import string
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from runner.data import Collator, Encoder, Example, TaskData
 from runner.forward import completion_logprobs, forward, generate, output_cache
 from runner.truncation import Fitter
 
+PUNCTUATION = set(string.punctuation)
 TEXT_WINDOWS = 2  # windows per forward pass for perplexity and drift
 
 
@@ -256,10 +258,7 @@ class Evaluator:
                 for e, p, row_scores in zip(examples, preds, scores)
             ]
         else:
-            texts = answers.texts
-            hits = [normalize_answer(a) == normalize_answer(e.completion) for a, e in zip(texts, examples)]
-            metrics = {"exact_match": sum(hits) / len(hits), "n": len(hits)}
-            records = [{**_identity(e), "prediction": a, "correct": h} for e, a, h in zip(examples, texts, hits)]
+            metrics, records = generation_results(examples, answers.texts)
         metrics["prompt_tokens_mean"] = round(sum(map(len, prompts)) / len(prompts), 1)
         metrics["prompts_truncated"] = sum(e.truncated or c for e, c in zip(examples, cut))
         if shots:
@@ -317,12 +316,43 @@ def majority_baseline(data: TaskData) -> tuple[dict, list[dict]]:
         preds = torch.full((len(examples),), labels.index(answer))
         metrics = classification_metrics(preds, torch.tensor([e.label for e in examples]), labels)
         hits = [e.completion == answer for e in examples]
+        records = [{**_identity(e), "prediction": answer, "correct": h} for e, h in zip(examples, hits)]
     else:
-        hits = [normalize_answer(answer) == normalize_answer(e.completion) for e in examples]
-        metrics = {"exact_match": sum(hits) / len(hits), "n": len(hits)}
-    records = [{**_identity(e), "prediction": answer, "correct": h} for e, h in zip(examples, hits)]
+        metrics, records = generation_results(examples, [answer] * len(examples))
     metrics.update(prompt_tokens_mean=0.0, prompts_truncated=0, answer=answer)
     return metrics, records
+
+
+def generation_results(examples: list[Example], answers: list[str]) -> tuple[dict, list[dict]]:
+    """Exact match and SQuAD's token-level F1 of each answer against its gold completion."""
+    hits = [normalize_answer(a) == normalize_answer(e.completion) for a, e in zip(answers, examples)]
+    f1 = [token_f1(a, e.completion) for a, e in zip(answers, examples)]
+    metrics = {"exact_match": sum(hits) / len(hits), "token_f1": sum(f1) / len(f1), "n": len(hits)}
+    records = [
+        {**_identity(e), "prediction": a, "correct": h, "token_f1": round(f, 4)}
+        for e, a, h, f in zip(examples, answers, hits, f1)
+    ]
+    return metrics, records
+
+
+def squad_tokens(text: str) -> list[str]:
+    """SQuAD's answer normalisation: lower case, no punctuation, no articles, single spaces."""
+    text = "".join(ch for ch in text.lower() if ch not in PUNCTUATION)
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return text.split()
+
+
+def token_f1(prediction: str, gold: str) -> float:
+    """SQuAD's token-level F1: the harmonic mean of the precision and recall of the shared
+    tokens (as bags). Partial credit where exact match gives none: "in 1905" vs "1905" is 0.67."""
+    predicted, expected = squad_tokens(prediction), squad_tokens(gold)
+    if not predicted or not expected:
+        return float(predicted == expected)
+    shared = sum((Counter(predicted) & Counter(expected)).values())
+    if shared == 0:
+        return 0.0
+    precision, recall = shared / len(predicted), shared / len(expected)
+    return 2 * precision * recall / (precision + recall)
 
 
 def tfidf_baseline(data: TaskData) -> tuple[dict, list[dict]]:

@@ -25,7 +25,7 @@ report.json, schema_version 3:
                     recall, recall_ci95, f1, support}}, confusion_matrix}; language-model
                     rungs of classification tasks: calibration {ece, bins [{low, high, count,
                     confidence, accuracy}]} of the label probabilities
-                    generation {exact_match, n}; every rung: prompt_tokens_mean (after any
+                    generation {exact_match, token_f1 (SQuAD's token-level F1), n}; every rung: prompt_tokens_mean (after any
                     shortening: what the model saw), prompts_truncated, and
                     ci95 {metric: [low, high]} (seeded bootstrap over test rows); base_few_shot:
                     few_shot_k (shots per prompt on average, after dropping what did not fit),
@@ -143,11 +143,15 @@ class ItemScores:
     preds: torch.Tensor | None = None  # class indices (classification)
     gold: torch.Tensor | None = None
     num_classes: int = 0
+    token_f1: torch.Tensor | None = None  # per test row (generation)
 
 
 def metric_samples(items: ItemScores, idx: torch.Tensor) -> dict[str, torch.Tensor]:
     if items.preds is None:
-        return {"exact_match": stats.accuracy_samples(items.correct, idx)}
+        out = {"exact_match": stats.accuracy_samples(items.correct, idx)}
+        if items.token_f1 is not None:
+            out["token_f1"] = stats.accuracy_samples(items.token_f1, idx)  # a mean, like accuracy
+        return out
     return {
         "accuracy": stats.accuracy_samples(items.correct, idx),
         "f1_macro": stats.f1_macro_samples(items.preds, items.gold, items.num_classes, idx),
@@ -449,7 +453,7 @@ def task_blocks(name: str, task: dict, images: dict[str, str]) -> list[tuple]:
         blocks.append(("table", ["split", *labels], rows))
     tests = task.get("test", {})
     if tests:
-        metric_names = ["accuracy", "f1_macro"] if task["kind"] == "classification" else ["exact_match"]
+        metric_names = ["accuracy", "f1_macro"] if task["kind"] == "classification" else ["exact_match", "token_f1"]
         rows = []
         for rung in RUNGS:
             if rung in tests:
@@ -640,6 +644,8 @@ def _inline(text: str) -> str:
 
 
 def _with_ci(metrics: dict, key: str) -> str:
+    if key not in metrics:
+        return "—"
     ci = metrics.get("ci95", {}).get(key)
     return f"{metrics[key]:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
@@ -681,7 +687,7 @@ def log_to_tensorboard(writer, report: dict, figures: dict, step: int) -> None:
     """Test metrics per task and rung, forgetting, figures, sample predictions, the report as text."""
     for name, task in report.get("tasks", {}).items():
         for rung, metrics in task.get("test", {}).items():
-            for key in ("accuracy", "f1_macro", "exact_match", "prompt_tokens_mean"):
+            for key in ("accuracy", "f1_macro", "exact_match", "token_f1", "prompt_tokens_mean"):
                 if key in metrics:
                     writer.add_scalar(f"test/{name}/{rung}/{key}", metrics[key], step)
         if task.get("samples"):

@@ -234,7 +234,8 @@ def score_tasks(
                     len(labels),
                 )
             else:
-                items = reporting.ItemScores(correct)
+                f1 = [r.get("token_f1") for r in records]
+                items = reporting.ItemScores(correct, token_f1=torch.tensor(f1) if None not in f1 else None)
             scoring.tasks_items.setdefault(data.task.name, {})[rung] = items
             if rung == "fine_tuned":
                 n = scoring.spec.evaluation.sample_predictions

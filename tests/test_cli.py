@@ -166,7 +166,12 @@ def test_generation_task_with_full_fine_tuning(workdir):
     task = report["tasks"]["upper"]
     assert task["kind"] == "generation"
     assert set(task["test"]) == {"majority", "base_zero_shot", "base_few_shot", "fine_tuned"}
-    assert task["test"]["fine_tuned"]["n"] == 3 and 0 <= task["test"]["fine_tuned"]["exact_match"] <= 1
+    tuned = task["test"]["fine_tuned"]
+    assert tuned["n"] == 3 and 0 <= tuned["exact_match"] <= tuned["token_f1"] <= 1
+    assert set(tuned["ci95"]) == {"exact_match", "token_f1"}
+    rows = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    assert all(0 <= r["token_f1"] <= 1 for r in rows if r["rung"] == "fine_tuned")
+    assert "| token_f1 |" in (run_dir / "report.md").read_text()
     assert report["cost"]["trainable_params"] == report["cost"]["total_params"]
     assert (run_dir / "model" / "model.safetensors").is_file()
 

@@ -166,3 +166,13 @@ def test_calibration_error_by_direct_computation():
     assert result["ece"] == pytest.approx(4 / 6 * 0.20 + 2 / 6 * 0.05, abs=1e-4)
     assert [(b["low"], b["count"]) for b in result["bins"]] == [(0.5, 2), (0.9, 4)]
     assert stats.calibration(torch.tensor([0.8, 0.8]), torch.tensor([1, 0]))["ece"] == pytest.approx(0.3)
+
+
+def test_token_f1_is_squads_partial_credit():
+    from runner.evaluation import token_f1
+
+    assert token_f1("in 1905", "1905") == pytest.approx(2 / 3)
+    assert token_f1("The Eiffel Tower.", "eiffel tower") == 1.0  # case, articles, punctuation
+    assert token_f1("Paris", "London") == 0.0
+    assert token_f1("the", "a") == 1.0  # both normalise to nothing: SQuAD counts that as a match
+    assert token_f1("red red blue", "red blue blue") == pytest.approx(2 / 3)  # bags, not sets

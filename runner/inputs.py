@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING
 
 from runner import checks
 from runner.data import Encoder, Example, TaskData, prepare_data, prepare_replay
-from runner.model import load_tokenizer
+from runner.errors import SpecError
+from runner.methods import method_problems
+from runner.model import load_tokenizer, model_config
 from runner.spec import Spec
 from runner.truncation import Fitter, fit_tasks
 
@@ -44,6 +46,9 @@ def prepare_inputs(spec: Spec, with_probes: bool = True, enforce_checks: bool = 
         from runner.probes import load_probe  # scoring code (and Lightning) only when probes are wanted
 
         probes = [load_probe(p) for p in spec.evaluation.forgetting]
+    problems = method_problems(spec.method, model_config(spec.model.source))
+    if problems:
+        raise SpecError(str(spec.source_path or spec.name), problems)
     encoder = Encoder(load_tokenizer(spec.model.source), spec.model.max_length, spec.model.chat_template)
     fitter = fit_tasks(tasks, encoder, spec.model.truncation)
     findings = checks.run_checks(tasks, encoder, spec.data_checks)

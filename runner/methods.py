@@ -29,6 +29,9 @@ class Method:
     adapter: bool  # a peft adapter: saved alone, exported with --adapter
     mergeable: bool  # --merged folds it into plain transformers weights
     summary: str
+    # Settings checked against the model's config before any run folder exists: (settings,
+    # config) -> problems, each a located spec problem with its fix.
+    problems: Callable[[dict[str, Any], Any], list[str]] | None = None
 
 
 def _lora(model, settings: dict, tokenizer):
@@ -90,16 +93,23 @@ def _full(model, settings: dict, tokenizer):
     return model
 
 
+def _freeze_problems(settings: dict, config) -> list[str]:
+    layers = getattr(config, "num_hidden_layers", None)
+    if layers is not None and settings["blocks"] > layers:
+        return [
+            f"$.method.freeze.blocks: {settings['blocks']}, but the model has {layers} blocks; "
+            f"use at most {layers} (or method.kind: full to train every weight)."
+        ]
+    return []
+
+
 def _freeze(model, settings: dict, tokenizer):
     """Train the top `blocks` transformer blocks and every normalisation layer; freeze the rest
     (the embeddings, which the output head shares in small models, stay frozen)."""
     blocks = decoder_blocks(model)
     n = settings["blocks"]
-    if n > len(blocks):
-        raise RunnerError(
-            f"$.method.freeze.blocks: {n}, but this model has {len(blocks)} blocks.\n"
-            f"Use at most {len(blocks)} (or method.kind: full to train every weight)."
-        )
+    if n > len(blocks):  # normally stopped earlier by _freeze_problems, from the model's config
+        raise RunnerError(_freeze_problems(settings, model.config)[0])
     model.requires_grad_(False)
     for block in blocks[len(blocks) - n :]:
         block.requires_grad_(True)
@@ -120,13 +130,19 @@ METHODS: dict[str, Method] = {
     "full": Method(_full, 2e-5, trains_base=True, adapter=False, mergeable=True,
                    summary="every weight"),
     "freeze": Method(_freeze, 5e-5, trains_base=True, adapter=False, mergeable=True,
-                     summary="the top N blocks and the norms; the rest frozen"),
+                     summary="the top N blocks and the norms; the rest frozen", problems=_freeze_problems),
 }  # fmt: skip
 
 
 def apply_method(model: torch.nn.Module, method, tokenizer=None) -> torch.nn.Module:
     """The model made trainable by `method.kind` with its settings."""
     return METHODS[method.kind].build(model, dict(method.settings), tokenizer)
+
+
+def method_problems(method, config) -> list[str]:
+    """The method's settings checked against the model's config (None: unknown, nothing checked)."""
+    check = METHODS[method.kind].problems
+    return check(dict(method.settings), config) if check is not None and config is not None else []
 
 
 def decoder_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:

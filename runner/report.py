@@ -351,6 +351,15 @@ def document(report: dict, images: dict[str, str]) -> list[tuple]:
                 + monitor_sentence(training, report.get("training_data", {})),
             )
         )
+        if training.get("resumed_from_step"):
+            blocks.append(
+                (
+                    "p",
+                    f"Resumed from checkpoints/last.ckpt at step {training['resumed_from_step']} (every epoch's "
+                    f"losses are above, from before and after the stop); the scored weights are epoch "
+                    f"{training['best_epoch']}'s.",
+                )
+            )
         if training.get("stopped_by_time"):
             blocks.append(
                 (

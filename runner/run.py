@@ -23,13 +23,15 @@ import torch
 
 from runner import report as reporting
 from runner.data import TaskData, splits_record
-from runner.errors import Interrupted, RunnerError
+from runner.errors import Interrupted, RunnerError, SpecError
 from runner.folder import (
     export_model,
     finish,
     folder_mb,
+    input_fingerprints,
     last_checkpoint,
     new_run_dir,
+    resume_problems,
     start_report,
     write_inference_files,
     write_run_header,
@@ -51,6 +53,7 @@ from runner.scoring import (
 )
 from runner.spec import Spec
 from runner.training import (
+    STOP,
     FineTuneData,
     FineTuner,
     fit,
@@ -76,9 +79,25 @@ def run_experiment(spec: Spec, output_dir: Path | None = None, resume: Path | No
     resume_from = last_checkpoint(resume) if resume is not None else None
     inputs = prepare_inputs(spec)
     print_findings(inputs.findings)
+    if resume is not None:
+        check_resumable(resume, spec, inputs)
     run_dir = resume if resume is not None else new_run_dir(output_dir or spec.output_dir, spec.name)
     os.environ[RUN_DIR_ENV] = str(run_dir)  # inherited by the processes a strategy launches
-    return train_run(spec, run_dir, inputs, resume_from)
+    # The base model's scores are kept in the run folder: a resumed run does not score it again.
+    return train_run(spec, run_dir, inputs, resume_from, shared=run_dir / "base_scores")
+
+
+def check_resumable(run_dir: Path, spec: Spec, inputs: Inputs) -> None:
+    """--resume continues the training the folder holds: the same settings, rows and model."""
+    problems, allowed = resume_problems(run_dir, spec, input_fingerprints(spec, inputs.tasks))
+    if problems:
+        raise SpecError(
+            f"--resume {run_dir}",
+            problems,
+            footer="Resuming would mix two trainings. Put the spec back as it was, or start a new run (drop --resume).",
+        )
+    for line in allowed:
+        print(f"resume: {line} (allowed: does not change training)", file=sys.stderr)
 
 
 def train_run(spec: Spec, run_dir: Path, inputs: Inputs, resume_from: Path | None, shared: Path | None = None) -> Path:
@@ -194,7 +213,10 @@ def needs_base_copy(spec: Spec) -> bool:
 def _guarded(spec: Spec, run_dir: Path, mode: str, inputs: Inputs, flow) -> Path:
     """Run a flow with its report kept honest: whatever stops it (an error, Ctrl-C, SIGTERM from
     a scheduler), report.json says so and report.md/html show what was done."""
-    write_run_header(run_dir, spec, splits_record(inputs.tasks, spec.seed))
+    if mode == "train" and (run_dir / "spec.yaml").is_file() and (run_dir / "checkpoints").is_dir():
+        pass  # a resumed run keeps the header it started with (checked equal by check_resumable)
+    else:
+        write_run_header(run_dir, spec, splits_record(inputs.tasks, spec.seed), input_fingerprints(spec, inputs.tasks))
     report = start_report(spec, run_dir, mode)
     describe_data(report, inputs.tasks, inputs.findings, inputs.encoder, spec)
     report.setdefault("cost", {})["prepare_seconds"] = round(inputs.seconds, 1)
@@ -221,9 +243,18 @@ def _guarded(spec: Spec, run_dir: Path, mode: str, inputs: Inputs, flow) -> Path
 
 
 def _raise_interrupted(signum: int, frame) -> None:
+    if STOP.training and STOP.signum is None:
+        # Training: the step in progress finishes and a checkpoint is saved first (GracefulStop).
+        STOP.signum = signum
+        print(
+            f"\n{signal.Signals(signum).name}: stopping after this training step, with a checkpoint "
+            "(again to stop at once, from the last checkpoint).",
+            file=sys.stderr,
+        )
+        return
     # Raised, not handled here, so the flow unwinds (Lightning passes a BaseException that is
     # not a KeyboardInterrupt through fit unchanged) and the report is written on the way out.
-    signal.signal(signum, signal.SIG_IGN)  # a second Ctrl-C must not break the report writing
+    signal.signal(signum, signal.SIG_IGN)  # a further Ctrl-C must not break the report writing
     raise Interrupted(signum)
 
 
@@ -281,6 +312,7 @@ def _train_flow(
         "stopped_by_time": result.stopped_by_time,
         "global_steps": result.global_steps,
         "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
+        "resumed_from_step": module.resumed_from_step,
         "epochs": result.history,
     }
     report["cost"] = {
@@ -367,7 +399,9 @@ def quiet_libraries() -> None:
         ".*The number of training batches.*",
         ".*Checkpoint directory.*exists and is not empty.*",
         ".*isinstance.treespec, LeafSpec.*",
-        ".*Unmerge result can be inaccurate.*",  # (IA)^3 after scoring merged: a rounding-level change
+        ".*Unmerge result can be inaccurate.*",
+        # Mid-epoch resumption is exact: the data module's state holds the epoch's position.
+        ".*your dataloader is not resumable.*",  # (IA)^3 after scoring merged: a rounding-level change
     ):
         warnings.filterwarnings("ignore", message=pattern)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)

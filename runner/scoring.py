@@ -157,10 +157,15 @@ def _about(spec: Spec) -> dict:
 def _note_cached(scoring: Scoring) -> None:
     report = scoring.report
     report.setdefault("cost", {})["score_base_cached"] = len(scoring.cached)
-    if scoring.shared_hits:
+    if scoring.shared_hits and scoring.spec.run is not None:
         report.setdefault("notes", []).append(
             f"The base model was scored once for the whole experiment: {', '.join(scoring.shared_hits)} come from "
             f"the experiment's {scoring.shared.name}/ folder, on the same test rows as every other run."
+        )
+    elif scoring.shared_hits:
+        report.setdefault("notes", []).append(
+            f"Resumed run: {', '.join(scoring.shared_hits)} of the base model come from this run's "
+            f"{scoring.shared.name}/ folder, scored before training started, not scored again."
         )
     from_cache = {unit: key for unit, key in scoring.cached.items() if unit not in scoring.shared_hits}
     if from_cache:

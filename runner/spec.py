@@ -155,6 +155,12 @@ class TrainingSpec:
 
 
 @dataclass(frozen=True)
+class CheckpointingSpec:
+    every_n_steps: int | None = None
+    every_n_minutes: float | None = 10
+
+
+@dataclass(frozen=True)
 class ProbeSpec:
     name: str
     kind: str
@@ -245,6 +251,7 @@ class Spec:
     data_checks: DataChecksSpec
     method: MethodSpec
     training: TrainingSpec
+    checkpointing: CheckpointingSpec
     evaluation: EvaluationSpec
     trainer: TrainerSpec
     replay: ReplaySpec | None = None

@@ -7,6 +7,9 @@ vocabulary head applied only at completion positions (`runner.forward`).
 from __future__ import annotations
 
 import hashlib
+import os
+import random
+import signal
 from collections import Counter
 import sys
 import time
@@ -18,6 +21,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import (
     Callback,
+    Checkpoint,
     EarlyStopping,
     LearningRateMonitor,
     ModelCheckpoint,
@@ -25,6 +29,7 @@ from lightning.pytorch.callbacks import (
     TQDMProgressBar,
 )
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, Sampler
 from torchmetrics.aggregation import MeanMetric
 from transformers import get_scheduler
@@ -32,7 +37,39 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from runner.data import IGNORE_INDEX, Collator, Encoder, Example, TaskData, sample_indices
 from runner.forward import completion_targets, completion_token_losses
+from runner.errors import Interrupted, RunnerError
 from runner.spec import ReplaySpec, Spec, TrainingSpec
+
+@dataclass
+class StopRequest:
+    """A signal that arrived during training: the step in progress finishes, a checkpoint is
+    saved, then the run stops (`GracefulStop`). Outside training a signal stops at once."""
+
+    training: bool = False
+    signum: int | None = None
+
+
+STOP = StopRequest()
+
+
+def rng_states() -> dict:
+    """The random number generators training draws from (dropout, the data loader's seed)."""
+    states = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    random.setstate(_as_tuples(states["python"]))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _as_tuples(value):
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
 
 def monitor_key(training: TrainingSpec, primary: str) -> tuple[str, str]:
     """The logged value that picks the best checkpoint and stops early, and its mode: always the
@@ -80,6 +117,7 @@ class FineTuneData(L.LightningDataModule):
             self.train_sets.append([{**encoder.encode(e, True), "task_index": len(tasks)} for e in replay])
         self.quotas = epoch_quotas(self.train_sets, self.weights, self.replay_spec)
         self.class_balance = class_balance
+        self.resume_at: dict | None = None  # {epoch, batches}: where a resumed run's epoch continues
         self.primary_index = self.task_names.index(primary) if primary in self.task_names else 0
         if class_balance != "none":
             self._label_rows(tasks[self.primary_index], train_rows, sample_seed)
@@ -100,6 +138,18 @@ class FineTuneData(L.LightningDataModule):
     @property
     def train_rows(self) -> list[dict]:
         return [row for rows in self.train_sets for row in rows]
+
+    def state_dict(self) -> dict:
+        """Saved in every checkpoint: the epoch and how many of its batches were trained, so a
+        resumed run continues the same epoch order after them (the order itself depends only
+        on the seed and the epoch number)."""
+        if self.trainer is None:
+            return {}
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"epoch": self.trainer.current_epoch, "batches": progress.processed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.resume_at = state or None
 
     def pools(self) -> tuple[list[list[int]], list[int]]:
         """Index pools into `train_rows` and the rows each gives per epoch: one pool per set,
@@ -131,6 +181,9 @@ class FineTuneData(L.LightningDataModule):
             lengths=[len(r["input_ids"]) for r in rows] if self.group_by_length else None,
             batch_size=self.batch_size,
         )
+        if self.resume_at:
+            sampler.skip = (self.resume_at["epoch"], self.resume_at["batches"] * self.batch_size)
+            self.resume_at = None
         return DataLoader(
             rows,
             sampler=sampler,
@@ -220,6 +273,7 @@ class MixtureSampler(Sampler[int]):
         self.pools, self.quotas, self.seed = [list(p) for p in pools], quotas, seed
         self.lengths, self.batch_size = lengths, batch_size
         self.epoch = 0
+        self.skip: tuple[int, int] | None = None  # (epoch, rows): once, where a resumed epoch continues
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -243,7 +297,11 @@ class MixtureSampler(Sampler[int]):
             order = get_length_grouped_indices([self.lengths[i] for i in chosen], self.batch_size, generator=generator)
         else:
             order = torch.randperm(len(chosen), generator=generator).tolist()
-        return iter([chosen[i] for i in order])
+        rows = [chosen[i] for i in order]
+        if self.skip is not None and self.skip[0] == self.epoch:
+            rows = rows[self.skip[1] :]  # already trained before the run was stopped
+        self.skip = None
+        return iter(rows)
 
     def _seed(self, *parts) -> int:
         text = ":".join(map(str, (self.seed, *parts)))
@@ -277,9 +335,19 @@ class FineTuner(L.LightningModule):
         # from model.source again, so loading must not demand the missing keys.
         self.strict_loading = save_frozen
         self.train_loss = MeanMetric()
+        self.train_loss.persistent(True)  # a resumed epoch's mean includes the batches before the stop
         self.val_loss = MeanMetric()
         self.val_task_loss = torch.nn.ModuleList(MeanMetric() for _ in task_names)
         self.history: dict[int, dict[str, float]] = {}
+        self._rng_to_restore: dict | None = None
+        self.resumed_from_step: int | None = None
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        # Restored here, not on load: creating the data loader's iterator draws from the
+        # generator, as it did before this epoch's first batch in the run that was stopped.
+        if self._rng_to_restore is not None:
+            set_rng_states(self._rng_to_restore)
+            self._rng_to_restore = None
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         spec = self.training_spec
@@ -295,6 +363,14 @@ class FineTuner(L.LightningModule):
             self.manual_backward(losses.sum() / max(weight, 1e-9) / spec.gradient_accumulation)
             total += losses.detach().sum()
         loss = total / max(weight, 1e-9)
+        if not torch.isfinite(loss):
+            # Before the optimizer step: the weights are still those of the last good step.
+            raise RunnerError(
+                f"training stopped: the loss became {float(loss)} at step {self.global_step} (epoch "
+                f"{self.current_epoch}, batch {batch_idx}); the weights before it are kept, and "
+                "checkpoints/last.ckpt is the last good checkpoint. Lower training.learning_rate or set "
+                "training.gradient_clip (with bf16, try trainer.precision: 32-true)."
+            )
         if (batch_idx + 1) % spec.gradient_accumulation == 0 or self.trainer.is_last_batch:
             optimizer = self.optimizers()
             self.clip_gradients(optimizer, gradient_clip_val=spec.gradient_clip, gradient_clip_algorithm="norm")
@@ -303,6 +379,13 @@ class FineTuner(L.LightningModule):
             self.lr_schedulers().step()
         self.train_loss.update(loss, weight=targets)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        if self.trainer.is_last_batch:
+            # The epoch's mean, recorded here rather than at the epoch's end: the checkpoint
+            # saved then (by LastCheckpoint, before this module's hook runs) must hold it.
+            value = float(self.train_loss.compute())
+            self.log("train/epoch_loss", value)
+            self.history.setdefault(self.current_epoch, {})["train_loss"] = value
+            self.train_loss.reset()
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -336,7 +419,7 @@ class FineTuner(L.LightningModule):
             entry["monitor"] = float(logged[key]) if key in logged else None
 
     def on_train_epoch_end(self) -> None:
-        if self.train_loss.update_count:
+        if self.train_loss.update_count:  # an epoch cut short (max_steps, max_time)
             value = float(self.train_loss.compute())
             self.log("train/epoch_loss", value)
             self.history.setdefault(self.current_epoch, {})["train_loss"] = value
@@ -362,12 +445,62 @@ class FineTuner(L.LightningModule):
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("runner", {})
+        self.history = {int(k): dict(v) for k, v in state.get("history", {}).items()}
+        self._rng_to_restore = state.get("rng")
+        self.resumed_from_step = checkpoint.get("global_step")
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # What exact resumption needs besides Lightning's own state: every epoch's losses (the
+        # report covers them all) and the random generators at this step.
+        checkpoint["runner"] = {"history": self.history, "rng": rng_states()}
         if not self.save_frozen:
             trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
             checkpoint["state_dict"] = {
                 k: v for k, v in checkpoint["state_dict"].items() if k in trainable or not k.startswith("model.")
             }
+
+
+class LastCheckpoint(Checkpoint):
+    """checkpoints/last.ckpt, what --resume continues from (weights, optimizer, scheduler,
+    early-stopping state, data position, random generators, every epoch's losses): rewritten
+    at every epoch's end, on the `checkpointing` schedule within epochs, and after the step in
+    progress when Ctrl-C or SIGTERM arrives, which then stops the run. Written to a temporary
+    file and renamed, so a kill mid-write leaves the previous one whole.
+
+    A `Checkpoint` subclass: Lightning runs it after the other callbacks, so the early-stopping
+    and best-checkpoint state it saves is this epoch's."""
+
+    def __init__(self, path: Path, every_n_steps: int | None, every_n_minutes: float | None) -> None:
+        self.path = path
+        self.every_n_steps = every_n_steps
+        self.every_seconds = every_n_minutes * 60 if every_n_minutes else None
+        self._saved_at = time.monotonic()
+
+    def on_train_start(self, trainer, module) -> None:
+        self._saved_at = time.monotonic()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if STOP.signum is not None:
+            self.save(trainer)
+            raise Interrupted(STOP.signum)
+        if trainer.is_last_batch:
+            return  # the epoch's end saves it
+        by_steps = self.every_n_steps and trainer.global_step > 0 and trainer.global_step % self.every_n_steps == 0
+        by_time = self.every_seconds and time.monotonic() - self._saved_at >= self.every_seconds
+        if by_steps or by_time:
+            self.save(trainer)
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        self.save(trainer)
+
+    def save(self, trainer) -> None:
+        partial = self.path.with_name(self.path.name + ".partial")
+        trainer.save_checkpoint(partial)
+        if trainer.is_global_zero:
+            os.replace(partial, self.path)
+        self._saved_at = time.monotonic()
 
 
 class StepTimer(Callback):
@@ -522,12 +655,14 @@ def build_trainer(
         monitor=monitor,
         mode=mode,
         save_top_k=1,
-        save_last=True,
+        save_last=False,  # LastCheckpoint writes last.ckpt
         auto_insert_metric_name=False,
     )
     # Rich draws a live bar on a terminal; in a log file (CI, nohup) tqdm's plain lines read better.
     progress = RichProgressBar() if sys.stdout.isatty() else TQDMProgressBar(refresh_rate=10)
     callbacks = [checkpoint, LearningRateMonitor(logging_interval="step"), progress, StepTimer()]
+    every = spec.checkpointing
+    callbacks.append(LastCheckpoint(run_dir / "checkpoints" / "last.ckpt", every.every_n_steps, every.every_n_minutes))
     early = None
     if training.early_stopping.enabled:
         early = EarlyStopping(
@@ -571,7 +706,13 @@ def fit(
     steps_per_epoch = -(-len(datamodule.train_rows) // spec.training.batch_size)
     trainer, checkpoint, early = build_trainer(spec, run_dir, steps_per_epoch)
     started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True if resume_from else None)
+    STOP.training, STOP.signum = True, None
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True if resume_from else None)
+    except SIGTERMException:  # Lightning's own exit on SIGTERM (a SystemExit, code 0): a stop
+        raise Interrupted(signal.SIGTERM) from None
+    finally:
+        STOP.training = False
     seconds = time.perf_counter() - started
     timer = next(c for c in trainer.callbacks if isinstance(c, StepTimer))
     history = [{"epoch": e, **v} for e, v in sorted(module.history.items())]
@@ -581,7 +722,8 @@ def fit(
     pick = min if mode == "min" else max
     best = pick(scored, key=lambda h: h["monitor"]) if scored else None
     best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
-    last_path = Path(checkpoint.last_model_path) if checkpoint.last_model_path else None
+    last_path = run_dir / "checkpoints" / "last.ckpt"
+    last_path = last_path if last_path.is_file() else None
     result = FitResult(
         seconds=seconds,
         epochs_run=len({h["epoch"] for h in history if "train_loss" in h}) or trainer.current_epoch,

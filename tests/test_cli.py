@@ -138,14 +138,21 @@ def test_tensorboard_events_hold_training_and_test_scalars(classification_run):
     assert expected <= tags, expected - tags
 
 
-def test_resume_continues_from_last_checkpoint(classification_run):
+def test_resume_of_a_finished_run_scores_it_again_without_training(classification_run, tmp_path):
+    import shutil
+
     run_dir, root = classification_run
-    before = json.loads((run_dir / "report.json").read_text())["training"]["global_steps"]
-    assert main(["run", str(root / "spec.yaml"), "--resume", str(run_dir), "--set", "training.epochs=3"]) == 0
-    report = json.loads((run_dir / "report.json").read_text())
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    before = json.loads((copy / "report.json").read_text())
+    assert main(["run", str(root / "spec.yaml"), "--resume", str(copy)]) == 0
+    report = json.loads((copy / "report.json").read_text())
     assert report["status"] == "complete"
-    assert report["training"]["global_steps"] > before
-    assert [e["epoch"] for e in report["training"]["epochs"]] == [2]
+    assert report["training"]["global_steps"] == before["training"]["global_steps"]  # nothing left to train
+    assert [e["epoch"] for e in report["training"]["epochs"]] == [0, 1]  # every epoch, from the checkpoint
+    assert report["tasks"]["sentiment"]["test"]["fine_tuned"]["accuracy"] == pytest.approx(
+        before["tasks"]["sentiment"]["test"]["fine_tuned"]["accuracy"]
+    )
 
 
 def test_generation_task_with_full_fine_tuning(workdir):

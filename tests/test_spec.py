@@ -146,6 +146,7 @@ def test_dataclasses_and_schema_stay_in_step():
         (spec_module.ComparisonSpec, props["comparison"]["properties"], set(), set()),
         (spec_module.ModelSpec, props["model"]["properties"], set(), set()),
         (spec_module.TrainingSpec, props["training"]["properties"], set(), set()),
+        (spec_module.CheckpointingSpec, props["checkpointing"]["properties"], set(), set()),
         (spec_module.EarlyStoppingSpec, props["training"]["properties"]["early_stopping"]["properties"], set(), set()),
         (spec_module.EvaluationSpec, props["evaluation"]["properties"], set(), set()),
         (spec_module.TrainerSpec, props["trainer"]["properties"], set(), set()),

@@ -1,4 +1,4 @@
-"""Command line: `runner validate | preview | plan | run | eval | compare | predict | export | schema`.
+"""Command line: `runner validate | preview | plan | run | eval | compare | predict | export | runs | schema`.
 
 Exit codes: 0 success, 2 bad spec or bad data (a message, never a traceback), 1 anything else.
 """
@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RUN_DIR",
         help="continue an interrupted run from its checkpoints/last.ckpt; for an experiment, its folder: "
         "runs only the runs that did not finish",
+    )
+    run.add_argument(
+        "--run-dir",
+        type=Path,
+        metavar="DIR",
+        help="use this run folder (the same on every rank of a multi-process run started by torchrun, srun, ...)",
     )
     run.add_argument(
         "--only",
@@ -120,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--adapter", type=Path, metavar="OUT", help="the peft adapter, for PeftModel.from_pretrained")
     export.set_defaults(func=cmd_export)
 
+    runs = sub.add_parser("runs", help="every run under a folder: status, age, results, how to continue stopped ones")
+    runs.add_argument("folder", type=Path, nargs="?", default=Path("runs"), metavar="DIR", help="default: ./runs")
+    runs.set_defaults(func=cmd_runs)
+
     schema = sub.add_parser("schema", help="print the experiment JSON Schema")
     schema.set_defaults(func=cmd_schema)
     return parser
@@ -166,7 +176,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     if args.only:
         raise RunnerError("--only names runs of an experiment; this spec has no variants, seeds or curve.")
-    run_dir = run_experiment(spec, output_dir=args.output_dir, resume=args.resume)
+    run_dir = run_experiment(spec, output_dir=args.output_dir, resume=args.resume, run_dir=args.run_dir)
     if is_rank_zero():  # other ranks of a multi-process strategy have trained; rank 0 reports
         print_summary(run_dir)
     return 0
@@ -247,6 +257,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = export(args.run_dir, args.merged or args.adapter, merged=args.merged is not None)
     how = "AutoModelForCausalLM.from_pretrained" if args.merged else "PeftModel.from_pretrained(base_model, ...)"
     print(f"Exported to {out}; load it with {how}.")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from runner.runs import runs_table
+
+    if not args.folder.is_dir():
+        raise RunnerError(f"{args.folder}: no such folder; give the output_dir of your specs (runner runs DIR).")
+    print(runs_table(args.folder))
     return 0
 
 

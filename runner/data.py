@@ -7,6 +7,8 @@ the prompt, the text after it the completion; both are stripped of surrounding w
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import random
 from collections import defaultdict
@@ -88,6 +90,10 @@ def read_rows(source: DataSource) -> list[dict]:
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
     where = source.describe()
+    if source.path is not None:
+        problems = local_file_problems(source.path, source.format)
+        if problems:
+            raise DataError(where, problems)
     try:
         if source.path is not None:
             builder = {"jsonl": "json", "json": "json", "csv": "csv", "tsv": "csv", "parquet": "parquet"}[source.format]
@@ -100,6 +106,59 @@ def read_rows(source: DataSource) -> list[dict]:
         reason = " ".join(str(exc).split())[:300]
         raise DataError(where, problems or [f"cannot be read as {source.format}: {reason}"]) from None
     return ds.to_list()
+
+
+def local_file_problems(path: Path, fmt: str) -> list[str]:
+    """What makes a local text file unreadable as rows, located by line (datasets' own errors
+    do not say where, and it reads bad bytes as latin-1 without a word). Parquet is left to it."""
+    if fmt not in ("jsonl", "json", "csv", "tsv"):
+        return []
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        return [f"line {line}: not UTF-8 (byte 0x{raw[exc.start]:02x} at column {column}); save the file as UTF-8."]
+    if not text.strip():
+        return ["the file is empty: no rows."]
+    if fmt == "json":
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            return [f"line {exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})."]
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            return ["expected a JSON list of objects (one per row); for one object per line use .jsonl."]
+        return [] if value else ["the file holds an empty list: no rows."]
+    if fmt in ("csv", "tsv"):
+        return _csv_problems(text, "\t" if fmt == "tsv" else ",")
+    return []
+
+
+def _csv_problems(text: str, delimiter: str) -> list[str]:
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    header = next(reader, [])
+    problems = []
+    seen: dict[str, int] = {}
+    for i, name in enumerate(header, 1):
+        if name.strip() in seen:
+            problems.append(
+                f"header: column {name.strip()!r} appears twice (columns {seen[name.strip()]} and {i}); rename one."
+            )
+        seen.setdefault(name.strip(), i)
+    rows = 0
+    for number, record in enumerate(reader, 1):
+        if not record:
+            continue  # a blank line
+        rows += 1
+        if len(record) != len(header):
+            problems.append(
+                f"row {number} (line {reader.line_num}): {len(record)} fields, the header has {len(header)}; "
+                "quote fields that contain the delimiter."
+            )
+    if not rows and not problems:
+        problems.append("no rows: only a header line.")
+    return problems[:20]
 
 
 def _jsonl_problems(path: Path) -> list[str]:
@@ -191,9 +250,15 @@ def build_examples(task: TaskSpec, rows: list[tuple[int, dict]], where: str | No
         if task.is_classification:
             if completion not in labels:
                 fix = "add it to tasks[].label_map" if task.label_map is not None else "add the label to tasks[].labels"
+                fix = f"fix the row or {fix}"
+                near = [label for label in labels if label.casefold() == completion.strip().casefold()]
+                if near:
+                    fix = f"did you mean {near[0]!r}? Labels match exactly, case included; {fix}"
+                elif completion.strip().lstrip("-").isdigit() and task.label_map is None:
+                    fix = f"numeric labels become words with tasks[].label_map, e.g. {{{completion}: {task.labels[0]}}}"
                 problems.append(
                     f"row {number}: completion {completion!r} is not one of the task's labels "
-                    f"({', '.join(task.labels)}); fix the row or {fix}."
+                    f"({', '.join(task.labels)}); {fix}."
                 )
                 continue
             label = labels[completion]

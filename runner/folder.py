@@ -8,6 +8,8 @@ import dataclasses
 import datetime as dt
 import importlib.metadata
 import json
+import os
+import socket
 import platform
 import subprocess
 from pathlib import Path
@@ -274,6 +276,8 @@ def start_report(spec: Spec, run_dir: Path, mode: str) -> dict:
         "variant": dataclasses.asdict(spec.run) if spec.run else None,
         "primary_task": spec.primary_task,
         "started_at": _now(),
+        "pid": os.getpid(),  # `runner runs` tells a live run from one whose process is gone
+        "host": socket.gethostname(),
         "model": {
             "source": spec.model.source,
             **describe_weights(spec.model.source),

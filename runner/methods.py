@@ -93,6 +93,47 @@ def _full(model, settings: dict, tokenizer):
     return model
 
 
+def linear_names(config) -> set[str] | None:
+    """The names of the model's linear layers (last name part), from its config alone: the
+    model is built on the meta device, which allocates no memory (None if that fails)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except Exception:  # an architecture transformers cannot build offline: checked at load
+        return None
+    return {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+
+
+def _modules_problems(where: str, modules, config) -> list[str]:
+    if isinstance(modules, str):
+        return []  # all-linear / auto
+    names = linear_names(config)
+    if names is None:
+        return []
+    unknown = [m for m in modules if m not in names]
+    if not unknown:
+        return []
+    return [
+        f"{where}: {', '.join(map(repr, unknown))} {'is' if len(unknown) == 1 else 'are'} not a linear layer of this "
+        f"model; its linear layers are: {', '.join(sorted(names))} (or 'all-linear')."
+    ]
+
+
+def _lora_problems(settings: dict, config) -> list[str]:
+    return _modules_problems("$.method.lora.target_modules", settings["target_modules"], config)
+
+
+def _ia3_problems(settings: dict, config) -> list[str]:
+    problems = _modules_problems("$.method.ia3.target_modules", settings["target_modules"], config)
+    targets, feedforward = settings["target_modules"], settings["feedforward_modules"]
+    if not isinstance(feedforward, str) and not isinstance(targets, str) and not set(feedforward) <= set(targets):
+        problems.append("$.method.ia3.feedforward_modules: must be a subset of target_modules.")
+    return problems
+
+
 def _freeze_problems(settings: dict, config) -> list[str]:
     layers = getattr(config, "num_hidden_layers", None)
     if layers is not None and settings["blocks"] > layers:
@@ -122,9 +163,10 @@ def _freeze(model, settings: dict, tokenizer):
 
 METHODS: dict[str, Method] = {
     "lora": Method(_lora, 5e-4, trains_base=False, adapter=True, mergeable=True,
-                   summary="low-rank adapters (optionally DoRA or rsLoRA) through peft"),
+                   summary="low-rank adapters (optionally DoRA or rsLoRA) through peft", problems=_lora_problems),
     "ia3": Method(_ia3, 1e-2, trains_base=False, adapter=True, mergeable=True,
-                  summary="learned rescaling of keys, values and feed-forward activations (IA3) through peft"),
+                  summary="learned rescaling of keys, values and feed-forward activations (IA3) through peft",
+                  problems=_ia3_problems),
     "prompt_tuning": Method(_prompt_tuning, 3e-2, trains_base=False, adapter=True, mergeable=False,
                             summary="learned virtual tokens before every prompt through peft"),
     "full": Method(_full, 2e-5, trains_base=True, adapter=False, mergeable=True,

@@ -81,6 +81,8 @@ def run_experiment(
         _worker_flow(spec, run_dir, last_checkpoint(resume) if resume is not None else None)
         return run_dir
     resume_from = last_checkpoint(resume) if resume is not None else None
+    if resume is None:
+        check_writable(output_dir or spec.output_dir)
     inputs = prepare_inputs(spec)
     print_findings(inputs.findings)
     if resume is not None:
@@ -96,6 +98,18 @@ def run_experiment(
 
 
 RUN_ID_ENVS = ("RUNNER_RUN_ID", "SLURM_JOB_ID", "TORCHELASTIC_RUN_ID")
+
+
+def check_writable(folder: Path) -> None:
+    """The output folder can take a run folder: found out now, not after minutes of work."""
+    existing = Path(folder).resolve()
+    while not existing.exists():  # created only once the inputs are good
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise SpecError(
+            str(folder),
+            [f"$.output_dir: cannot write run folders under {existing}; choose another output_dir or --output-dir."],
+        )
 
 
 def launched_externally() -> bool:

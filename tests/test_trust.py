@@ -660,19 +660,32 @@ def test_write_json_turns_nan_and_infinities_into_null(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
-def test_failure_after_base_scoring_reports_the_users_error(workdir, capsys):
+def test_target_modules_that_the_model_lacks_stop_before_a_run_folder(workdir, capsys):
     raw = base_spec(method={"kind": "lora", "lora": {"target_modules": ["nonexistent_proj"]}})
-    raw["evaluation"]["baselines"] = ["majority", "base_zero_shot", "fine_tuned"]
-    assert main(["run", str(write_spec(workdir / "bad_lora.yaml", raw))]) == 1
+    assert main(["run", str(write_spec(workdir / "bad_lora.yaml", raw))]) == 2
     err = capsys.readouterr().err
-    assert "error: $.method.lora.target_modules: " in err and "nonexistent_proj" in err
-    assert "Traceback" not in err and "KeyError" not in err
+    assert "$.method.lora.target_modules: 'nonexistent_proj' is not a linear layer of this model" in err
+    assert "q_proj" in err and "Traceback" not in err
+    assert not (workdir / "runs").exists()
+
+
+def test_failure_after_base_scoring_reports_the_error(workdir, capsys, monkeypatch):
+    import runner.run
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(runner.run, "apply_method", out_of_memory)
+    raw = base_spec()
+    raw["evaluation"]["baselines"] = ["majority", "base_zero_shot", "fine_tuned"]
+    assert main(["run", str(write_spec(workdir / "spec.yaml", raw))]) == 1
+    err = capsys.readouterr().err
+    assert "out of memory (simulated)" in err and "KeyError" not in err
     run_dir = only_run_dir(workdir)
     report = loads_strict((run_dir / "report.json").read_text())
-    assert report["status"] == "failed"
-    assert report["error"].startswith("$.method.lora.target_modules: ") and "nonexistent_proj" in report["error"]
+    assert report["status"] == "failed" and "out of memory (simulated)" in report["error"]
     assert set(report["tasks"]["sentiment"]["test"]) == {"majority", "base_zero_shot"}  # base scores kept
-    assert (run_dir / "report.md").is_file()
+    assert (run_dir / "report.md").is_file() and (run_dir / "report.html").is_file()
 
 
 def test_sigterm_marks_the_run_interrupted_and_names_the_resume_command(workdir):

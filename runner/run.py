@@ -92,9 +92,16 @@ def run_experiment(
         run_dir = claim_run_dir(agreed)
     else:
         run_dir = resume if resume is not None else new_run_dir(output_dir or spec.output_dir, spec.name)
+    previous = os.environ.get(RUN_DIR_ENV)
     os.environ[RUN_DIR_ENV] = str(run_dir)  # inherited by the processes a strategy launches
-    # The base model's scores are kept in the run folder: a resumed run does not score it again.
-    return train_run(spec, run_dir, inputs, resume_from, shared=run_dir / "base_scores")
+    try:
+        # The base model's scores are kept in the run folder: a resumed run does not score it again.
+        return train_run(spec, run_dir, inputs, resume_from, shared=run_dir / "base_scores")
+    finally:  # not left behind for a later run in the same process (or its subprocesses)
+        if previous is None:
+            os.environ.pop(RUN_DIR_ENV, None)
+        else:
+            os.environ[RUN_DIR_ENV] = previous
 
 
 RUN_ID_ENVS = ("RUNNER_RUN_ID", "SLURM_JOB_ID", "TORCHELASTIC_RUN_ID")

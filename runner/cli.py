@@ -117,9 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     predict.add_argument(
-        "--input", required=True, metavar="FILE", help="rows as JSONL, CSV, TSV, JSON or Parquet; '-' reads standard input"
+        "--input",
+        required=True,
+        metavar="FILE",
+        help="rows as JSONL, CSV, TSV, JSON or Parquet; '-' reads standard input",
     )
-    predict.add_argument("--output", type=Path, metavar="FILE", help="where the JSON lines go (default: standard output)")
+    predict.add_argument(
+        "--output", type=Path, metavar="FILE", help="where the JSON lines go (default: standard output)"
+    )
     predict.add_argument("--task", help="which of the run's tasks (default: its primary task)")
     predict.add_argument("--format", choices=("jsonl", "json", "csv", "tsv", "parquet"), help="the input's format")
     predict.set_defaults(func=cmd_predict)
@@ -167,7 +172,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from runner.run import is_rank_zero, run_experiment
+    from runner.ranks import is_rank_zero
+    from runner.run import run_experiment
     from runner.spec import load_spec
 
     spec = load_spec(args.spec, args.overrides)

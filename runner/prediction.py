@@ -32,7 +32,9 @@ FORMATS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv", ".p
 MISSING = "\x00runner-missing\x00"  # stands in for fields a row lacks, to see where they land
 
 
-def predict(run_dir: Path, source: str, output: Path | None, task_name: str | None = None, fmt: str | None = None) -> dict:
+def predict(
+    run_dir: Path, source: str, output: Path | None, task_name: str | None = None, fmt: str | None = None
+) -> dict:
     """Write one prediction per input row (JSON lines) to `output` or stdout; returns a summary."""
     inference = read_inference(run_dir)
     task_name = task_name or inference["primary_task"]
@@ -90,7 +92,11 @@ def predict(run_dir: Path, source: str, output: Path | None, task_name: str | No
                 record["correct"] = record["prediction"] == gold[i]
                 correct.append(record["correct"])
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
-    return {"rows": len(examples), "with_gold": len(correct), "accuracy": sum(correct) / len(correct) if correct else None}
+    return {
+        "rows": len(examples),
+        "with_gold": len(correct),
+        "accuracy": sum(correct) / len(correct) if correct else None,
+    }
 
 
 def examples_of(task: TaskSpec, rows: list[dict], where: str) -> tuple[list[Example], list[str | None]]:
@@ -152,7 +158,9 @@ def fit_examples(fitter: Fitter, data: TaskData) -> None:
     for i, example in enumerate(data.test):
         fitted = fitter.fit(example, template, budget)
         if fitted is None:
-            problems.append(f"row {example.row}: longer than model.max_length {fitter.encoder.max_length} (model.truncation is 'error').")
+            problems.append(
+                f"row {example.row}: longer than model.max_length {fitter.encoder.max_length} (model.truncation is 'error')."
+            )
         else:
             data.test[i] = fitted
     if problems:
@@ -169,7 +177,9 @@ def _input_file(source: str, fmt: str | None):
             raise RunnerError(f"--input {source}: no such file.")
         fmt = fmt or FORMATS.get(path.suffix.lower())
         if fmt is None:
-            raise RunnerError(f"--input {source}: unknown format; name it with --format ({', '.join(sorted(set(FORMATS.values())))}).")
+            raise RunnerError(
+                f"--input {source}: unknown format; name it with --format ({', '.join(sorted(set(FORMATS.values())))})."
+            )
         yield path, fmt
         return
     text = sys.stdin.read()

@@ -573,10 +573,15 @@ def monitor_sentence(training: dict, training_data: dict) -> str:
     monitor = training.get("monitor")
     if not monitor:
         return ""
-    text = f"The best epoch and early stopping follow {monitor} ({_num(training.get('best_monitor'))} at the best epoch)."
+    text = (
+        f"The best epoch and early stopping follow {monitor} ({_num(training.get('best_monitor'))} at the best epoch)."
+    )
     balance = training_data.get("class_balance", "none")
     if balance != "none":
-        how = {"sample": "each epoch draws every label equally often", "loss": "each row's loss is weighted by the inverse of its label's frequency"}
+        how = {
+            "sample": "each epoch draws every label equally often",
+            "loss": "each row's loss is weighted by the inverse of its label's frequency",
+        }
         text += f" Class balance: {balance} ({how[balance]})."
     return text
 

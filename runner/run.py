@@ -16,7 +16,6 @@ import logging
 import os
 import signal
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -25,7 +24,9 @@ import torch
 from runner import report as reporting
 from runner.data import TaskData, splits_record
 from runner.errors import Interrupted, RunnerError, SpecError
+from runner.evaluation import Evaluator
 from runner.folder import (
+    check_writable,
     export_model,
     finish,
     folder_mb,
@@ -41,7 +42,14 @@ from runner.inputs import Inputs, prepare_inputs, print_findings
 from runner.methods import METHODS, apply_method
 from runner.model import count_parameters, load_model
 from runner.plan import run_header
-from runner.evaluation import Evaluator
+from runner.ranks import (
+    RUN_DIR_ENV,
+    agreed_run_dir,
+    claim_run_dir,
+    is_rank_zero,
+    launched_externally,
+    wait_for_header,
+)
 from runner.scoring import (
     Scoring,
     base_evaluator,
@@ -64,8 +72,6 @@ from runner.training import (
 )
 
 log = logging.getLogger(__name__)
-
-RUN_DIR_ENV = "RUNNER_RUN_DIR"
 
 
 def run_experiment(
@@ -104,66 +110,6 @@ def run_experiment(
             os.environ[RUN_DIR_ENV] = previous
 
 
-RUN_ID_ENVS = ("RUNNER_RUN_ID", "SLURM_JOB_ID", "TORCHELASTIC_RUN_ID")
-
-
-def check_writable(folder: Path) -> None:
-    """The output folder can take a run folder: found out now, not after minutes of work."""
-    existing = Path(folder).resolve()
-    while not existing.exists():  # created only once the inputs are good
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise SpecError(
-            str(folder),
-            [f"$.output_dir: cannot write run folders under {existing}; choose another output_dir or --output-dir."],
-        )
-
-
-def launched_externally() -> bool:
-    """Every rank started at once by a launcher (torchrun, srun, mpirun), not by Lightning's own
-    launcher, which starts the other ranks only when rank 0 reaches training."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and RUN_DIR_ENV not in os.environ
-
-
-def agreed_run_dir(spec: Spec, output_dir: Path | None, resume: Path | None, run_dir: Path | None) -> Path | None:
-    """The run folder every rank can name without asking rank 0: --resume, --run-dir, the one
-    Lightning's launcher passed down, or <output_dir>/<name>/<run id> from the launcher's job id
-    (RUNNER_RUN_ID, SLURM_JOB_ID, TORCHELASTIC_RUN_ID). Rank 0 alone: None (a new timestamped one)."""
-    if resume is not None:
-        return resume
-    if run_dir is not None:
-        return run_dir
-    if RUN_DIR_ENV in os.environ:
-        return Path(os.environ[RUN_DIR_ENV])
-    run_id = next((os.environ[k] for k in RUN_ID_ENVS if os.environ.get(k) not in (None, "", "none")), None)
-    if run_id is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return Path(output_dir or spec.output_dir) / spec.name / f"run-{run_id}"
-    if not is_rank_zero():
-        raise RunnerError(
-            "this process is one rank of a multi-process run, but nothing names the run folder all ranks share: "
-            "pass --run-dir DIR (the same on every rank) or set RUNNER_RUN_ID to one value for all ranks."
-        )
-    return None
-
-
-def claim_run_dir(run_dir: Path) -> Path:
-    """Rank 0 creates the agreed folder; one that already holds a run is not reused silently."""
-    if (run_dir / "report.json").is_file():
-        raise RunnerError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or name another folder.")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
-
-
-def wait_for_header(run_dir: Path, timeout: float = 1800.0) -> None:
-    """Other ranks wait for rank 0 to check the inputs and write the run folder's header (not
-    for its base scoring: under an external launcher rank 0 scores the base model after training)."""
-    deadline = time.monotonic() + timeout
-    while not (run_dir / "spec.yaml").is_file():
-        if time.monotonic() > deadline:
-            raise RunnerError(f"rank 0 did not start the run in {run_dir} within {timeout:.0f} s; see its output.")
-        time.sleep(1.0)
-
-
 def check_resumable(run_dir: Path, spec: Spec, inputs: Inputs) -> None:
     """--resume continues the training the folder holds: the same settings, rows and model."""
     problems, allowed = resume_problems(run_dir, spec, input_fingerprints(spec, inputs.tasks))
@@ -191,12 +137,6 @@ def eval_experiment(spec: Spec, checkpoint: Path | None, output_dir: Path | None
     print_findings(inputs.findings)
     run_dir = new_run_dir(output_dir or spec.output_dir, spec.name)
     return _guarded(spec, run_dir, "eval", inputs, lambda report: _eval_flow(spec, run_dir, report, inputs, checkpoint))
-
-
-def is_rank_zero() -> bool:
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
-
-    return getattr(rank_zero_only, "rank", 0) == 0
 
 
 def _worker_flow(spec: Spec, run_dir: Path, resume_from: Path | None) -> None:
@@ -379,7 +319,9 @@ def _train_flow(
     if result.best_checkpoint is not None:
         load_weights(module, result.best_checkpoint)
     export_model(module.model, tokenizer, run_dir / "model")
-    write_inference_files(run_dir, spec, inputs.tasks, resolve_precision(spec.trainer.precision, spec.trainer.accelerator))
+    write_inference_files(
+        run_dir, spec, inputs.tasks, resolve_precision(spec.trainer.precision, spec.trainer.accelerator)
+    )
 
     evaluator.model = module.model.to(evaluator.device)
     base = base_evaluator(evaluator, base_copy)
@@ -447,7 +389,9 @@ def load_checkpoint_model(model: torch.nn.Module, tokenizer, spec: Spec, checkpo
         return tuned
     if checkpoint.suffix != ".ckpt" or not checkpoint.is_file():
         raise RunnerError(f"--checkpoint {checkpoint}: expected a run's checkpoints/*.ckpt file or its model/ folder.")
-    module = FineTuner(apply_method(model, spec.method, tokenizer), spec.training, [t.name for t in spec.tasks], save_frozen=True)
+    module = FineTuner(
+        apply_method(model, spec.method, tokenizer), spec.training, [t.name for t in spec.tasks], save_frozen=True
+    )
     try:
         load_weights(module, checkpoint)
     except (RuntimeError, KeyError) as exc:

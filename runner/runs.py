@@ -30,7 +30,14 @@ def describe(path: Path, root: Path, now: dt.datetime) -> dict:
     try:
         report = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        return {"run": _relative(run_dir, root), "status": "unreadable", "age": "", "method": "", "result": str(exc)[:80], "next": ""}
+        return {
+            "run": _relative(run_dir, root),
+            "status": "unreadable",
+            "age": "",
+            "method": "",
+            "result": str(exc)[:80],
+            "next": "",
+        }
     status = report.get("status", "?")
     if status in ACTIVE and not _alive(report):
         status = "stopped"  # killed or machine lost: its report could not say so
@@ -67,7 +74,9 @@ def runs_table(root: Path) -> str:
 
 def _task_result(name: str, task: dict) -> str:
     tests = task["test"]
-    rung = next((r for r in ("fine_tuned", "base_zero_shot", "base_few_shot", "majority") if r in tests), next(iter(tests)))
+    rung = next(
+        (r for r in ("fine_tuned", "base_zero_shot", "base_few_shot", "majority") if r in tests), next(iter(tests))
+    )
     metric = headline(tests[rung])
     value = tests[rung].get(metric)
     if value is None:

@@ -13,10 +13,10 @@ import difflib
 import json
 import math
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from collections.abc import Mapping
 from typing import Any
 
 import jsonschema
@@ -765,7 +765,9 @@ def _model_source_problems(source: str, base_dir: Path) -> list[str]:
     looks_like_path = source.startswith((".", "/", "~")) or source.endswith(".gguf")
     kinds = f"'{DEFAULT_MODEL}', '{RANDOM_TINY}', a Hugging Face model folder, a .gguf file or a hub id"
     if source.endswith(".gguf"):
-        return [] if path.is_file() else [f"$.model.source: file {source!r} not found (looked at {path}); give {kinds}."]
+        return (
+            [] if path.is_file() else [f"$.model.source: file {source!r} not found (looked at {path}); give {kinds}."]
+        )
     if path.is_dir():
         if not (path / "config.json").is_file():
             return [f"$.model.source: folder {source!r} holds no config.json; expected a Hugging Face model folder."]

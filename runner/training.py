@@ -10,9 +10,9 @@ import hashlib
 import os
 import random
 import signal
-from collections import Counter
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -36,9 +36,10 @@ from transformers import get_scheduler
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from runner.data import IGNORE_INDEX, Collator, Encoder, Example, TaskData, sample_indices
-from runner.forward import completion_targets, completion_token_losses
 from runner.errors import Interrupted, RunnerError
+from runner.forward import completion_targets, completion_token_losses
 from runner.spec import ReplaySpec, Spec, TrainingSpec
+
 
 @dataclass
 class StopRequest:

@@ -222,7 +222,10 @@ def test_bad_spec_exits_2_naming_every_problem_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "(3 problems)" in proc.stderr
-    assert "$.method.kind: got 'qlora', expected one of: lora, ia3, prompt_tuning, full, freeze; did you mean 'lora'?" in proc.stderr
+    assert (
+        "$.method.kind: got 'qlora', expected one of: lora, ia3, prompt_tuning, full, freeze; did you mean 'lora'?"
+        in proc.stderr
+    )
     assert "$.training.lerning_rate: unknown key 'lerning_rate'; did you mean 'learning_rate'?" in proc.stderr
     assert "$.training.epochs: got 'three', expected an integer." in proc.stderr
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import base_spec, write_jsonl, write_spec
+
 from runner.cli import main
 from runner.methods import METHODS
 
@@ -165,8 +165,13 @@ def lora_run(tmp_path_factory) -> Path:
     return only_run_dir(workdir)
 
 
-def test_predict_reads_csv_and_standard_input_and_compares_labels_when_rows_have_them(lora_run, tmp_path, capsys, monkeypatch):
-    rows = [{"text": "The product 1 was great.", "sentiment": "positive"}, {"text": "It broke.", "sentiment": "negative"}]
+def test_predict_reads_csv_and_standard_input_and_compares_labels_when_rows_have_them(
+    lora_run, tmp_path, capsys, monkeypatch
+):
+    rows = [
+        {"text": "The product 1 was great.", "sentiment": "positive"},
+        {"text": "It broke.", "sentiment": "negative"},
+    ]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=["text", "sentiment"])
     writer.writeheader()

@@ -127,7 +127,14 @@ def test_fast_dropout_has_dropouts_distribution_and_gradient():
 
 
 def lora_settings(**changes) -> dict:
-    settings = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear", "use_dora": False, "use_rslora": False}
+    settings = {
+        "r": 4,
+        "alpha": 8,
+        "dropout": 0.0,
+        "target_modules": "all-linear",
+        "use_dora": False,
+        "use_rslora": False,
+    }
     return {**settings, **changes}
 
 
@@ -138,9 +145,7 @@ def test_lora_uses_fast_dropout_and_merged_adapters_score_the_same():
     from runner.spec import MethodSpec
 
     model, tokenizer = random_tiny(seed=2)
-    model = apply_method(
-        model, MethodSpec("lora", lora_settings(dropout=0.1))
-    )
+    model = apply_method(model, MethodSpec("lora", lora_settings(dropout=0.1)))
     assert any(isinstance(m, FastDropout) for m in model.modules())
     for name, param in model.named_parameters():
         if "lora_B" in name:

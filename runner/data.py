@@ -273,7 +273,11 @@ def build_examples(task: TaskSpec, rows: list[tuple[int, dict]], where: str | No
         shown = problems[:MAX_PROBLEMS_SHOWN]
         if len(problems) > len(shown):
             shown.append(f"... and {len(problems) - len(shown)} more bad rows.")
-        raise DataError(f"{where or task.data.describe()} (task {task.name!r}, template {task.template.name})", shown)
+        raise DataError(
+            f"{where or task.data.describe()} (task {task.name!r}, template {task.template.name})",
+            shown,
+            total=len(problems),
+        )
     return examples
 
 

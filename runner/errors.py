@@ -19,10 +19,10 @@ class ProblemsError(RunnerError):
     exit_code = 2
     what = "input"
 
-    def __init__(self, source: str, problems: list[str], footer: str | None = None) -> None:
+    def __init__(self, source: str, problems: list[str], footer: str | None = None, total: int | None = None) -> None:
         self.source = source
         self.problems = list(problems)
-        n = len(self.problems)
+        n = total if total is not None else len(self.problems)  # total: when only some are shown
         header = f"{source} is not a valid {self.what} ({n} problem{'s' if n != 1 else ''}):"
         super().__init__("\n".join([header, *(f"  {p}" for p in self.problems), *([footer] if footer else [])]))
 

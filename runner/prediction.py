@@ -134,7 +134,7 @@ def examples_of(task: TaskSpec, rows: list[dict], where: str) -> tuple[list[Exam
         gold.append(label)
     if problems:
         shown = problems[:20] + ([f"... and {len(problems) - 20} more bad rows."] if len(problems) > 20 else [])
-        raise DataError(f"{where} (template {task.template.name})", shown)
+        raise DataError(f"{where} (template {task.template.name})", shown, total=len(problems))
     if not examples:
         raise DataError(where, ["no rows to predict."])
     return examples, gold

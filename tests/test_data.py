@@ -164,3 +164,14 @@ def test_mixture_weights_set_each_tasks_share_of_samples(workdir):
             seen.update(batch["task_index"].tolist())
     share_b = seen[1] / sum(seen.values())
     assert 0.45 < share_b < 0.55  # 10% of the rows, but half the samples
+
+
+def test_the_problem_count_counts_every_bad_row_not_only_those_shown(workdir, capsys):
+    from conftest import write_jsonl
+
+    from runner.cli import main
+
+    write_jsonl(workdir / "data" / "sentiment.jsonl", [{"text": f"row {i}", "sentiment": "meh"} for i in range(45)])
+    assert main(["run", str(workdir / "spec.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a valid data set (45 problems):" in err and "... and 25 more bad rows." in err

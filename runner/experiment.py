@@ -27,7 +27,7 @@ import yaml
 from runner import report as reporting
 from runner.comparison import write_comparison
 from runner.data import splits_record
-from runner.errors import Interrupted, RunnerError
+from runner.errors import Interrupted, RunnerError, SpecError
 from runner.folder import environment, last_checkpoint, new_run_dir
 from runner.inputs import Inputs, prepare_inputs, print_findings
 from runner.spec import Spec, to_jsonable
@@ -41,9 +41,13 @@ def run_experiment_runs(
 ) -> Path:
     """Run every run of the experiment (or those named in `only`); returns the parent folder."""
     from runner.run import quiet_libraries, train_run
+    from runner.training import strategy_problems
 
     quiet_libraries()
     runs = selected_runs(spec, only)
+    problems = [f"{run.run.name}: {p}" for run in runs for p in strategy_problems(run.trainer)]
+    if problems:
+        raise SpecError(str(spec.source_path or spec.name), problems)
     # Every run's data first: a bad row in an added task, or a mixture that would move the
     # primary task's rows between splits, stops here, before any folder exists.
     inputs = {run.run.name: prepare_inputs(run) for run in runs}

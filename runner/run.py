@@ -68,6 +68,7 @@ from runner.training import (
     fit,
     load_weights,
     resolve_precision,
+    strategy_problems,
     use_activation_checkpointing,
 )
 
@@ -87,6 +88,9 @@ def run_experiment(
         _worker_flow(spec, run_dir, last_checkpoint(resume) if resume is not None else None)
         return run_dir
     resume_from = last_checkpoint(resume) if resume is not None else None
+    problems = strategy_problems(spec.trainer)
+    if problems:
+        raise SpecError(str(spec.source_path or spec.name), problems)
     if resume is None:
         check_writable(output_dir or spec.output_dir)
     inputs = prepare_inputs(spec)

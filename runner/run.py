@@ -102,11 +102,14 @@ def run_experiment(
         run_dir = claim_run_dir(agreed)
     else:
         run_dir = resume if resume is not None else new_run_dir(output_dir or spec.output_dir, spec.name)
+    # Under a launcher that started every rank at once, the others are already waiting to form
+    # the process group: rank 0 scores the base model after training, not while they wait.
+    base_later = launched_externally()
     previous = os.environ.get(RUN_DIR_ENV)
     os.environ[RUN_DIR_ENV] = str(run_dir)  # inherited by the processes a strategy launches
     try:
         # The base model's scores are kept in the run folder: a resumed run does not score it again.
-        return train_run(spec, run_dir, inputs, resume_from, shared=run_dir / "base_scores")
+        return train_run(spec, run_dir, inputs, resume_from, shared=run_dir / "base_scores", base_later=base_later)
     finally:  # not left behind for a later run in the same process (or its subprocesses)
         if previous is None:
             os.environ.pop(RUN_DIR_ENV, None)
@@ -127,10 +130,22 @@ def check_resumable(run_dir: Path, spec: Spec, inputs: Inputs) -> None:
         print(f"resume: {line} (allowed: does not change training)", file=sys.stderr)
 
 
-def train_run(spec: Spec, run_dir: Path, inputs: Inputs, resume_from: Path | None, shared: Path | None = None) -> Path:
-    """Train and score one run into an existing folder (`shared`: an experiment's base_scores/)."""
+def train_run(
+    spec: Spec,
+    run_dir: Path,
+    inputs: Inputs,
+    resume_from: Path | None,
+    shared: Path | None = None,
+    base_later: bool = False,
+) -> Path:
+    """Train and score one run into an existing folder (`shared`: an experiment's base_scores/;
+    `base_later`: score the base model after training, see launched_externally)."""
     return _guarded(
-        spec, run_dir, "train", inputs, lambda report: _train_flow(spec, run_dir, report, inputs, resume_from, shared)
+        spec,
+        run_dir,
+        "train",
+        inputs,
+        lambda report: _train_flow(spec, run_dir, report, inputs, resume_from, shared, base_later),
     )
 
 
@@ -286,7 +301,13 @@ def resume_command(spec: Spec, run_dir: Path) -> str:
 
 
 def _train_flow(
-    spec: Spec, run_dir: Path, report: dict, inputs: Inputs, resume_from: Path | None, shared: Path | None
+    spec: Spec,
+    run_dir: Path,
+    report: dict,
+    inputs: Inputs,
+    resume_from: Path | None,
+    shared: Path | None,
+    base_later: bool,
 ) -> None:
     import lightning as L
 
@@ -298,10 +319,8 @@ def _train_flow(
     (run_dir / "predictions.jsonl").unlink(missing_ok=True)  # a resumed run scores everything again
 
     scoring = Scoring(spec, inputs.tasks, inputs.probes, report, run_dir, shared=shared)
-    # Under an external launcher the other ranks are already waiting to form the process
-    # group: rank 0 scores the base model after training instead, not while they wait.
-    base_later = launched_externally()
-    # Taken before the model moves to the accelerator: the copy stays in CPU memory.
+    # The base copy (drift, or base scoring after training) is taken before the model moves to
+    # the accelerator: it stays in CPU memory.
     trains_base = METHODS[spec.method.kind].trains_base
     base_copy = copy.deepcopy(model) if needs_base_copy(spec) or (base_later and trains_base) else None
     evaluator = make_evaluator(model, inputs.encoder, spec, inputs.fitter)

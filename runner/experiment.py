@@ -28,7 +28,7 @@ from runner import report as reporting
 from runner.comparison import write_comparison
 from runner.data import splits_record
 from runner.errors import Interrupted, RunnerError, SpecError
-from runner.folder import environment, last_checkpoint, new_run_dir
+from runner.folder import environment, last_checkpoint, new_run_dir, run_status
 from runner.inputs import Inputs, prepare_inputs, print_findings
 from runner.spec import Spec, to_jsonable
 
@@ -185,14 +185,6 @@ def read_state(parent: Path) -> dict[str, str]:
 
 def write_state(parent: Path, state: dict[str, str]) -> None:
     reporting.write_json(parent / STATE_FILE, {"runs": state})
-
-
-def run_status(folder: Path) -> str | None:
-    """A run folder's report.json status (None when it has none)."""
-    try:
-        return json.loads((folder / "report.json").read_text()).get("status")
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 def restart_point(folder: Path) -> Path | None:

@@ -237,7 +237,7 @@ def read_inference(run_dir: Path) -> dict:
     if not run_dir.is_dir():
         raise RunnerError(f"{run_dir}: not a folder; give a run folder (<output_dir>/<name>/<timestamp>/).")
     if not path.is_file() or not (run_dir / "model").is_dir():
-        status = _status(run_dir)
+        status = run_status(run_dir)
         why = f" (its report says {status!r})" if status else ""
         raise RunnerError(
             f"{run_dir}: no {INFERENCE_FILE} and model/ here{why}: give the folder of a run that finished "
@@ -251,10 +251,11 @@ def read_inference(run_dir: Path) -> dict:
         ) from None
 
 
-def _status(run_dir: Path) -> str | None:
+def run_status(folder: Path) -> str | None:
+    """A run folder's report.json status (None when it has none)."""
     try:
-        return json.loads((run_dir / "report.json").read_text()).get("status")
-    except (OSError, json.JSONDecodeError, AttributeError):
+        return json.loads((folder / "report.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
         return None
 
 

@@ -41,7 +41,7 @@ def prepare_inputs(spec: Spec, with_probes: bool = True, enforce_checks: bool = 
     probes. Raises DataError (exit 2) for bad rows or failing checks, before any run folder."""
     started = time.perf_counter()
     tasks = prepare_data(spec)
-    train_rows_problems(spec, tasks)
+    check_train_rows(spec, tasks)
     probes = []
     if with_probes:
         from runner.probes import load_probe  # scoring code (and Lightning) only when probes are wanted
@@ -59,7 +59,7 @@ def prepare_inputs(spec: Spec, with_probes: bool = True, enforce_checks: bool = 
     return Inputs(tasks, probes, encoder, fitter, findings, time.perf_counter() - started, replay)
 
 
-def train_rows_problems(spec: Spec, tasks: list[TaskData]) -> None:
+def check_train_rows(spec: Spec, tasks: list[TaskData]) -> None:
     """training.train_rows (or a learning-curve point) cannot ask for more rows than the
     primary task's train split has: the run would silently train on fewer."""
     wanted = spec.training.train_rows

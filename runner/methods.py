@@ -28,7 +28,6 @@ class Method:
     trains_base: bool  # base weights change (full, freeze) rather than added ones
     adapter: bool  # a peft adapter: saved alone, exported with --adapter
     mergeable: bool  # --merged folds it into plain transformers weights
-    summary: str
     # Settings checked against the model's config before any run folder exists: (settings,
     # config) -> problems, each a located spec problem with its fix.
     problems: Callable[[dict[str, Any], Any], list[str]] | None = None
@@ -104,6 +103,13 @@ def linear_names(config) -> set[str] | None:
             model = AutoModelForCausalLM.from_config(config)
     except Exception:  # an architecture transformers cannot build offline: checked at load
         return None
+    return model_linear_names(model)
+
+
+def model_linear_names(model) -> set[str]:
+    """The last name part of every linear layer of a built model (what target_modules names)."""
+    import torch
+
     return {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
 
 
@@ -162,17 +168,15 @@ def _freeze(model, settings: dict, tokenizer):
 
 
 METHODS: dict[str, Method] = {
-    "lora": Method(_lora, 5e-4, trains_base=False, adapter=True, mergeable=True,
-                   summary="low-rank adapters (optionally DoRA or rsLoRA) through peft", problems=_lora_problems),
-    "ia3": Method(_ia3, 1e-2, trains_base=False, adapter=True, mergeable=True,
-                  summary="learned rescaling of keys, values and feed-forward activations (IA3) through peft",
-                  problems=_ia3_problems),
-    "prompt_tuning": Method(_prompt_tuning, 3e-2, trains_base=False, adapter=True, mergeable=False,
-                            summary="learned virtual tokens before every prompt through peft"),
-    "full": Method(_full, 2e-5, trains_base=True, adapter=False, mergeable=True,
-                   summary="every weight"),
-    "freeze": Method(_freeze, 5e-5, trains_base=True, adapter=False, mergeable=True,
-                     summary="the top N blocks and the norms; the rest frozen", problems=_freeze_problems),
+    # low-rank adapters (optionally DoRA or rsLoRA)
+    "lora": Method(_lora, 5e-4, trains_base=False, adapter=True, mergeable=True, problems=_lora_problems),
+    # learned rescaling of keys, values and feed-forward activations
+    "ia3": Method(_ia3, 1e-2, trains_base=False, adapter=True, mergeable=True, problems=_ia3_problems),
+    # learned virtual tokens before every prompt: inputs, not weights, so never merged
+    "prompt_tuning": Method(_prompt_tuning, 3e-2, trains_base=False, adapter=True, mergeable=False),
+    "full": Method(_full, 2e-5, trains_base=True, adapter=False, mergeable=True),
+    # the top N blocks and the norms; the rest frozen
+    "freeze": Method(_freeze, 5e-5, trains_base=True, adapter=False, mergeable=True, problems=_freeze_problems),
 }  # fmt: skip
 
 
@@ -203,13 +207,12 @@ def _modules(value) -> str | list[str]:
 
 
 def _peft(model, config, kind: str, setting: str):
-    import torch
     from peft import get_peft_model
 
     try:
         return get_peft_model(model, config)
     except (ValueError, TypeError) as exc:
-        names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        names = sorted(model_linear_names(model))
         raise RunnerError(
             f"$.method.{kind}.{setting}: {' '.join(str(exc).split())[:200]}\n"
             f"This model's linear layers are: {', '.join(names)}."

@@ -209,7 +209,9 @@ def _time_validation(module, datamodule, spec: Spec) -> float:
 def _autocast(spec: Spec):
     import contextlib
 
-    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(_precision(spec))
+    from runner.training import autocast_dtype
+
+    dtype = autocast_dtype(_precision(spec))
     return torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 

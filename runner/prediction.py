@@ -26,6 +26,7 @@ from runner.evaluation import Evaluator
 from runner.folder import load_run_model, read_inference
 from runner.model import merged_adapters
 from runner.spec import DataSource, TaskSpec
+from runner.training import autocast_dtype
 from runner.truncation import Fitter
 
 FORMATS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
@@ -58,14 +59,14 @@ def predict(
     encoder = Encoder(tokenizer, inference["max_length"], inference["chat_template"])
     fitter = Fitter(encoder, inference["truncation"])
     data = TaskData(task, train=[], val=[], test=examples, label_eos=entry["label_eos"])
-    fit_examples(fitter, data)
+    fitter.fit_task(data)  # shortened as the run shortened its own rows (model.truncation)
     evaluator = Evaluator(
         model,
         encoder,
         inference["batch_size"],
         inference["max_new_tokens"],
         torch.device("cuda" if torch.cuda.is_available() else "cpu"),
-        {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(inference["precision"]),
+        autocast_dtype(inference["precision"]),
         fitter=fitter,
         phase=f"predict {task_name}",
     )
@@ -149,24 +150,6 @@ def _shows_in_prompt(template: jinja2.Template, present: dict, missing: list[str
     return MISSING in prompt
 
 
-def fit_examples(fitter: Fitter, data: TaskData) -> None:
-    """Shorten rows longer than max_length as the run shortened its own (model.truncation)."""
-    template = fitter.template(data.task.template)
-    room = fitter.encoder.label_room(data.task.labels, data.completion_eos) if data.task.labels else 0
-    budget = fitter.encoder.max_length - min(room, fitter.encoder.max_length // 2)
-    problems = []
-    for i, example in enumerate(data.test):
-        fitted = fitter.fit(example, template, budget)
-        if fitted is None:
-            problems.append(
-                f"row {example.row}: longer than model.max_length {fitter.encoder.max_length} (model.truncation is 'error')."
-            )
-        else:
-            data.test[i] = fitted
-    if problems:
-        raise DataError(data.task.data.describe(), problems[:20])
-
-
 @contextlib.contextmanager
 def _input_file(source: str, fmt: str | None):
     """(path, format) of the rows: a file, or standard input kept in a temporary file (read as
@@ -198,6 +181,10 @@ def _output(output: Path | None):
         yield sys.stdout
         return
     partial = output.with_name(output.name + ".partial")  # never a half-written predictions file
-    with open(partial, "w") as f:
-        yield f
+    try:
+        with open(partial, "w") as f:
+            yield f
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     partial.replace(output)

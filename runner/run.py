@@ -249,9 +249,9 @@ def needs_base_copy(spec: Spec) -> bool:
 def _guarded(spec: Spec, run_dir: Path, mode: str, inputs: Inputs, flow) -> Path:
     """Run a flow with its report kept honest: whatever stops it (an error, Ctrl-C, SIGTERM from
     a scheduler), report.json says so and report.md/html show what was done."""
-    if mode == "train" and (run_dir / "spec.yaml").is_file() and (run_dir / "checkpoints").is_dir():
-        pass  # a resumed run keeps the header it started with (checked equal by check_resumable)
-    else:
+    # A resumed run keeps the header it started with (checked equal by check_resumable).
+    resumed = mode == "train" and (run_dir / "spec.yaml").is_file() and (run_dir / "checkpoints").is_dir()
+    if not resumed:
         write_run_header(run_dir, spec, splits_record(inputs.tasks, spec.seed), input_fingerprints(spec, inputs.tasks))
     report = start_report(spec, run_dir, mode)
     describe_data(report, inputs.tasks, inputs.findings, inputs.encoder, spec)
@@ -280,7 +280,7 @@ def _guarded(spec: Spec, run_dir: Path, mode: str, inputs: Inputs, flow) -> Path
 
 def _raise_interrupted(signum: int, frame) -> None:
     if STOP.training and STOP.signum is None:
-        # Training: the step in progress finishes and a checkpoint is saved first (GracefulStop).
+        # Training: the step in progress finishes and a checkpoint is saved first (LastCheckpoint).
         STOP.signum = signum
         print(
             f"\n{signal.Signals(signum).name}: stopping after this training step, with a checkpoint "
@@ -452,9 +452,9 @@ def quiet_libraries() -> None:
         ".*The number of training batches.*",
         ".*Checkpoint directory.*exists and is not empty.*",
         ".*isinstance.treespec, LeafSpec.*",
-        ".*Unmerge result can be inaccurate.*",
+        ".*Unmerge result can be inaccurate.*",  # (IA)^3 after scoring merged: a rounding-level change
         # Mid-epoch resumption is exact: the data module's state holds the epoch's position.
-        ".*your dataloader is not resumable.*",  # (IA)^3 after scoring merged: a rounding-level change
+        ".*your dataloader is not resumable.*",
     ):
         warnings.filterwarnings("ignore", message=pattern)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)

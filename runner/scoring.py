@@ -20,7 +20,7 @@ from runner.forward import virtual_tokens
 from runner.model import causal_lm, merged_adapters
 from runner.probes import HEADLINE, HIGHER_IS_BETTER, ProbeData, drift, run_probe
 from runner.spec import Spec
-from runner.training import resolve_precision
+from runner.training import autocast_dtype, resolve_precision
 from runner.truncation import Fitter
 
 BASE_RUNGS = {"base_zero_shot": False, "base_few_shot": True}  # rung -> uses few-shot prompts
@@ -283,7 +283,7 @@ def make_evaluator(model: torch.nn.Module, encoder: Encoder, spec: Spec, fitter:
     use_gpu = spec.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     device = torch.device("cuda" if use_gpu else "cpu")
     precision = resolve_precision(spec.trainer.precision, spec.trainer.accelerator)
-    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    dtype = autocast_dtype(precision)
     return Evaluator(
         model.to(device),
         encoder,

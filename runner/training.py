@@ -45,7 +45,7 @@ from runner.spec import ReplaySpec, Spec, TrainerSpec, TrainingSpec
 @dataclass
 class StopRequest:
     """A signal that arrived during training: the step in progress finishes, a checkpoint is
-    saved, then the run stops (`GracefulStop`). Outside training a signal stops at once."""
+    saved, then the run stops (`LastCheckpoint`). Outside training a signal stops at once."""
 
     training: bool = False
     signum: int | None = None
@@ -105,37 +105,25 @@ class FineTuneData(L.LightningDataModule):
         self.seed = seed
         self.group_by_length = group_by_length
         self.collator = Collator(encoder.tokenizer.pad_token_id)
+        self.class_balance = class_balance
+        self.primary_index = self.task_names.index(primary) if primary in self.task_names else 0
         self.train_sets, self.val_sets = [], []
         for index, t in enumerate(tasks):
             add_eos = t.completion_eos
             train = t.train
             if train_rows and t.task.name in train_rows:
                 train = train_sample(t, train_rows[t.task.name], sample_seed)
-            self.train_sets.append([{**encoder.encode(e, add_eos), "task_index": index} for e in train])
+            rows = [{**encoder.encode(e, add_eos), "task_index": index} for e in train]
+            if index == self.primary_index and class_balance != "none":
+                label_rows(rows, train, class_balance)
+            self.train_sets.append(rows)
             self.val_sets.append([{**encoder.encode(e, add_eos), "task_index": index} for e in t.val])
         self.weights = [t.task.weight for t in tasks]
         self.replay_spec = replay_spec if replay else None
         if self.replay_spec is not None:  # free text: with an end token, like generation tasks
             self.train_sets.append([{**encoder.encode(e, True), "task_index": len(tasks)} for e in replay])
         self.quotas = epoch_quotas(self.train_sets, self.weights, self.replay_spec)
-        self.class_balance = class_balance
         self.resume_at: dict | None = None  # {epoch, batches}: where a resumed run's epoch continues
-        self.primary_index = self.task_names.index(primary) if primary in self.task_names else 0
-        if class_balance != "none":
-            self._label_rows(tasks[self.primary_index], train_rows, sample_seed)
-
-    def _label_rows(self, data: TaskData, train_rows: dict[str, int] | None, sample_seed: int) -> None:
-        """Give the primary task's train rows their label, and with class_balance 'loss' the
-        weight n / (k * n_label) (the rows of every label then weigh the same in total)."""
-        train = data.train
-        if train_rows and data.task.name in train_rows:
-            train = train_sample(data, train_rows[data.task.name], sample_seed)
-        rows = self.train_sets[self.primary_index]
-        counts = Counter(e.label for e in train)
-        for row, example in zip(rows, train):
-            row["class_index"] = example.label
-            if self.class_balance == "loss":
-                row["weight"] = len(train) / (len(counts) * counts[example.label])
 
     @property
     def train_rows(self) -> list[dict]:
@@ -219,6 +207,16 @@ class FineTuneData(L.LightningDataModule):
         }
 
 
+def label_rows(rows: list[dict], examples: list[Example], class_balance: str) -> None:
+    """Give the primary task's encoded train rows their label, and with class_balance 'loss' the
+    weight n / (k * n_label) (the rows of every label then weigh the same in total)."""
+    counts = Counter(e.label for e in examples)
+    for row, example in zip(rows, examples):
+        row["class_index"] = example.label
+        if class_balance == "loss":
+            row["weight"] = len(examples) / (len(counts) * counts[example.label])
+
+
 def train_sample(data: TaskData, rows: int, seed: int) -> list[Example]:
     """A seeded sample of a task's train split, stratified by label; samples of one seed are
     nested (each label's rows are taken in one shuffled order), so a learning curve adds rows."""
@@ -260,8 +258,8 @@ class MixtureSampler(Sampler[int]):
     """Indices into the concatenated sets: each epoch, pool s (a set's indices, or one label's)
     gives `quotas[s]` rows drawn without replacement from a seeded stream of its shuffled rows
     (a quota above the pool's size wraps into a fresh shuffle), so every row is seen about
-    equally often, and a replay pool larger than its quota yields different rows each epoch. Length grouping (transformers'
-    megabatches) or a plain shuffle then orders the epoch. Reseeded per epoch by `set_epoch`
+    equally often, and a replay pool larger than its quota yields different rows each epoch.
+    Length grouping (transformers' megabatches) or a plain shuffle then orders the epoch. Reseeded per epoch by `set_epoch`
     (Lightning calls it), so an epoch's order depends only on the seed and its number."""
 
     def __init__(
@@ -384,11 +382,16 @@ class FineTuner(L.LightningModule):
         if self.trainer.is_last_batch:
             # The epoch's mean, recorded here rather than at the epoch's end: the checkpoint
             # saved then (by LastCheckpoint, before this module's hook runs) must hold it.
+            self._record_train_loss()
+        return loss
+
+    def _record_train_loss(self) -> None:
+        """The epoch's mean training loss into the log and the history; the metric restarts."""
+        if self.train_loss.update_count:
             value = float(self.train_loss.compute())
             self.log("train/epoch_loss", value)
             self.history.setdefault(self.current_epoch, {})["train_loss"] = value
-            self.train_loss.reset()
-        return loss
+        self.train_loss.reset()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         losses, rows = completion_token_losses(self.model, batch)
@@ -421,11 +424,7 @@ class FineTuner(L.LightningModule):
             entry["monitor"] = float(logged[key]) if key in logged else None
 
     def on_train_epoch_end(self) -> None:
-        if self.train_loss.update_count:  # an epoch cut short (max_steps, max_time)
-            value = float(self.train_loss.compute())
-            self.log("train/epoch_loss", value)
-            self.history.setdefault(self.current_epoch, {})["train_loss"] = value
-        self.train_loss.reset()
+        self._record_train_loss()  # an epoch cut short (max_steps, max_time); else already done
 
     def configure_optimizers(self):
         spec = self.training_spec
@@ -646,6 +645,11 @@ def strategy_problems(trainer: TrainerSpec) -> list[str]:
     return []
 
 
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a resolved Lightning precision (None: no autocast)."""
+    return {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+
+
 def resolve_precision(precision: str, accelerator: str) -> str:
     """'auto' -> bf16 autocast where the hardware computes bfloat16 natively, else fp32.
 
@@ -737,26 +741,26 @@ def fit(
         STOP.training = False
     seconds = time.perf_counter() - started
     timer = next(c for c in trainer.callbacks if isinstance(c, StepTimer))
+    last_path = next(c for c in trainer.callbacks if isinstance(c, LastCheckpoint)).path
     history = [{"epoch": e, **v} for e, v in sorted(module.history.items())]
     scored = [h for h in history if h.get("monitor") is not None]
-    _, mode = monitor_key(spec.training, spec.primary_task)
+    monitor, mode = monitor_key(spec.training, spec.primary_task)
     # The epoch the checkpoint callback kept: first of equals, as its strict comparison keeps.
     pick = min if mode == "min" else max
     best = pick(scored, key=lambda h: h["monitor"]) if scored else None
     best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
-    last_path = run_dir / "checkpoints" / "last.ckpt"
-    last_path = last_path if last_path.is_file() else None
+
     result = FitResult(
         seconds=seconds,
         epochs_run=len({h["epoch"] for h in history if "train_loss" in h}) or trainer.current_epoch,
         best_epoch=best["epoch"] if best else None,
         best_val_loss=best["val_loss"] if best else None,
-        monitor=monitor_key(spec.training, spec.primary_task)[0],
+        monitor=monitor,
         best_monitor=best["monitor"] if best else None,
         stopped_early=bool(early is not None and early.stopped_epoch > 0),
         stopped_by_time=spec.training.max_time is not None and seconds >= spec.training.max_time,
         best_checkpoint=best_path,
-        last_checkpoint=last_path,
+        last_checkpoint=last_path if last_path.is_file() else None,
         history=history,
         tokens=sum(real for _, _, real in timer.steps) * trainer.world_size,  # each rank counts its own share
         step_seconds=sum(seconds for seconds, _, _ in timer.steps),

@@ -16,9 +16,10 @@ import re
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 
-from runner.data import Encoder, Example, TaskData, load_template, prompt_fields
+from runner.data import Encoder, Example, TaskData, prompt_fields
 from runner.errors import DataError
 from runner.spec import DataChecksSpec
+from runner.templating import load_template
 from runner.truncation import prefix_labels
 
 ROWS_SHOWN = 8
@@ -280,6 +281,32 @@ def find_short_completions(tasks, keys, encoder, settings) -> list[Finding]:
     return out
 
 
+def _blank(value) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def find_empty_fields(tasks, keys, encoder, settings) -> list[Finding]:
+    """Prompt fields left empty in some rows (an empty CSV cell renders as nothing): real exports
+    miss a column for part of their rows, and the model then sees a blank where the others had text."""
+    out = []
+    for t in tasks:
+        rows = list(_by_split(t))
+        for variable in prompt_variables(t):
+            empty = [_where(t, s, e) for s, e in rows if _blank(e.fields.get(variable))]
+            if empty:
+                out.append(
+                    Finding(
+                        "empty_fields",
+                        "",
+                        [t.task.name],
+                        f"task {t.task.name!r}: field {variable!r} is empty in {len(empty)} of {len(rows)} rows; "
+                        "the prompt shows it blank there",
+                        empty,
+                    )
+                )
+    return out
+
+
 # check name (a data_checks key) -> finder; a new check is one entry here and one in the schema
 CHECKS = {
     "duplicates": find_duplicates,
@@ -289,4 +316,5 @@ CHECKS = {
     "imbalance": find_imbalance,
     "truncation": find_truncation,
     "short_completions": find_short_completions,
+    "empty_fields": find_empty_fields,
 }

@@ -159,15 +159,22 @@ def add_overrides(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from runner.spec import load_spec, to_jsonable
+    from runner.inputs import print_findings
+    from runner.preflight import preflight
+    from runner.run import quiet_libraries
+    from runner.spec import load_spec, written_spec
 
+    quiet_libraries()
     spec = load_spec(args.spec, args.overrides)
-    resolved = to_jsonable(spec)
-    resolved.pop("source_path", None)
-    print(f"# {args.spec}: valid. Resolved spec (defaults filled in, paths absolute):")
+    # The same pre-flight as `runner run`: data read, templated and checked, the method against
+    # the model, the strategy, the output folder; what passes here, run accepts.
+    findings = {f.line(): f for inputs in preflight(spec, writes=True) for f in inputs.findings}
+    print_findings(list(findings.values()))
+    print(f"# {args.spec}: valid (data, templates, model and settings checked). The resolved spec,")
+    print("# defaults filled in and paths absolute; itself a valid spec:")
     if spec.is_experiment:
         print(f"# An experiment of {len(spec.runs)} runs: {', '.join(r.run.name for r in spec.runs)}.")
-    print(yaml.safe_dump(resolved, sort_keys=False), end="")
+    print(yaml.safe_dump(written_spec(spec), sort_keys=False), end="")
     return 0
 
 

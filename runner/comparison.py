@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 
 from runner import plots, stats
 from runner import report as reporting
+from runner.spec import read_spec_file
 
 RUNG_LINES = (
     "majority",
@@ -78,7 +78,7 @@ def is_experiment(folder: Path) -> bool:
 
 
 def compare(parent: Path) -> dict:
-    spec = yaml.safe_load((parent / "spec.yaml").read_text())
+    spec = read_spec_file(parent / "spec.yaml")
     primary, margin = spec["primary_task"], spec["comparison"]["margin"]
     samples, seed = spec["evaluation"]["bootstrap_samples"], spec["seed"]
     states = json.loads((parent / "experiment.json").read_text())["runs"]

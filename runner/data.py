@@ -7,20 +7,18 @@ the prompt, the text after it the completion; both are stripped of surrounding w
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import jinja2
 import torch
-from jinja2.sandbox import SandboxedEnvironment
 
-from runner.errors import DataError
+from runner.errors import DataError, collect, raise_all
+from runner.limits import DEFAULT_LIMITS, Limits
+from runner.reading import read_rows
 from runner.spec import DATA_EXTENSIONS, DataSource, ReplaySpec, Spec, SplitFiles, SplitSpec, TaskSpec
+from runner.templating import TemplateProblem, load_template, render
 
 SEPARATOR = "|||"
 IGNORE_INDEX = -100
@@ -80,141 +78,24 @@ class TaskData:
         return {name: sum(e.truncated for e in rows) for name, rows in self.splits().items()}
 
 
-# --- reading ---------------------------------------------------------------------------
-
-
-def read_rows(source: DataSource) -> list[dict]:
-    """Read a local file (jsonl/json/csv/parquet) or a hub dataset through `datasets`."""
-    import datasets
-
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
-    where = source.describe()
-    if source.path is not None:
-        problems = local_file_problems(source.path, source.format)
-        if problems:
-            raise DataError(where, problems)
-    try:
-        if source.path is not None:
-            builder = {"jsonl": "json", "json": "json", "csv": "csv", "tsv": "csv", "parquet": "parquet"}[source.format]
-            options = {"delimiter": "\t"} if source.format == "tsv" else {}
-            ds = datasets.load_dataset(builder, data_files=str(source.path), split="train", **options)
-        else:
-            ds = datasets.load_dataset(source.hub, source.config, split=source.split)
-    except Exception as exc:  # datasets/pyarrow raise many types for unreadable files
-        problems = _jsonl_problems(source.path) if source.format == "jsonl" and source.path else []
-        reason = " ".join(str(exc).split())[:300]
-        raise DataError(where, problems or [f"cannot be read as {source.format}: {reason}"]) from None
-    return ds.to_list()
-
-
-def local_file_problems(path: Path, fmt: str) -> list[str]:
-    """What makes a local text file unreadable as rows, located by line (datasets' own errors
-    do not say where, and it reads bad bytes as latin-1 without a word). Parquet is left to it."""
-    if fmt not in ("jsonl", "json", "csv", "tsv"):
-        return []
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
-        return [f"line {line}: not UTF-8 (byte 0x{raw[exc.start]:02x} at column {column}); save the file as UTF-8."]
-    if not text.strip():
-        return ["the file is empty: no rows."]
-    if fmt == "json":
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            return [f"line {exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})."]
-        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-            return ["expected a JSON list of objects (one per row); for one object per line use .jsonl."]
-        return [] if value else ["the file holds an empty list: no rows."]
-    if fmt in ("csv", "tsv"):
-        return _csv_problems(text, "\t" if fmt == "tsv" else ",")
-    return []
-
-
-def _csv_problems(text: str, delimiter: str) -> list[str]:
-    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
-    header = next(reader, [])
-    problems = []
-    seen: dict[str, int] = {}
-    for i, name in enumerate(header, 1):
-        if name.strip() in seen:
-            problems.append(
-                f"header: column {name.strip()!r} appears twice (columns {seen[name.strip()]} and {i}); rename one."
-            )
-        seen.setdefault(name.strip(), i)
-    rows = 0
-    for number, record in enumerate(reader, 1):
-        if not record:
-            continue  # a blank line
-        rows += 1
-        if len(record) != len(header):
-            problems.append(
-                f"row {number} (line {reader.line_num}): {len(record)} fields, the header has {len(header)}; "
-                "quote fields that contain the delimiter."
-            )
-    if not rows and not problems:
-        problems.append("no rows: only a header line.")
-    return problems[:20]
-
-
-def _jsonl_problems(path: Path) -> list[str]:
-    """Name the broken lines of a JSONL file (datasets' own error does not say which)."""
-    problems = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line.strip())
-            except json.JSONDecodeError as exc:
-                problems.append(f"line {number}: not valid JSON ({exc.msg} at column {exc.colno}).")
-                continue
-            if not isinstance(value, dict):
-                problems.append(f"line {number}: got a {type(value).__name__}, expected a JSON object.")
-    return problems
-
-
 # --- templating --------------------------------------------------------------------------
 
 
-def template_environment() -> SandboxedEnvironment:
-    """A sandbox (no attribute tricks, no file access) where an undefined variable is an error."""
-    return SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False)
-
-
-def load_template(path: Path) -> jinja2.Template:
-    try:
-        return template_environment().from_string(path.read_text())
-    except jinja2.TemplateSyntaxError as exc:
-        raise DataError(str(path), [f"line {exc.lineno}: Jinja syntax error: {exc.message}."]) from None
-
-
-def render_example(template: jinja2.Template, row: dict) -> tuple[str, str]:
-    """Render a row to (prompt, completion); raise ValueError with a user-facing reason.
-
-    Null fields count as missing (columnar readers fill absent keys with null), so a template
-    that uses one fails instead of rendering the word 'None'.
-    """
-    row = {k: v for k, v in row.items() if v is not None}
-    try:
-        text = template.render(**row)
-    except jinja2.UndefinedError as exc:
-        fields = ", ".join(sorted(row)) or "none"
-        raise ValueError(f"{exc.message}; the row's fields are: {fields}.") from None
-    except jinja2.TemplateError as exc:
-        raise ValueError(f"template error: {exc}.") from None
+def render_example(template: jinja2.Template, row: dict, limits: Limits = DEFAULT_LIMITS) -> tuple[str, str]:
+    """Render a row to (prompt, completion); raise TemplateProblem (a ValueError) with a
+    user-facing reason. Null fields count as missing (`{{ x | default('') }}` shows them empty),
+    and the render is bounded in time and size (runner.templating)."""
+    text = render(template, row, limits)
     prompt, sep, completion = text.partition(SEPARATOR)
     if not sep:
-        raise ValueError(f"the template rendered no '{SEPARATOR}' between prompt and completion.")
+        raise TemplateProblem(f"the template rendered no '{SEPARATOR}' between prompt and completion.")
     prompt, completion = prompt.strip(), completion.strip()
     if not completion:
-        raise ValueError("the completion is empty; check the completion field of this row.")
+        empty = [k for k, v in row.items() if v == ""]
+        hint = f" (empty cells in this row: {', '.join(map(repr, empty[:5]))})" if empty else ""
+        raise TemplateProblem(f"the completion is empty{hint}; check the completion field of this row.")
     if not prompt:
-        raise ValueError("the prompt is empty.")
+        raise TemplateProblem("the prompt is empty.")
     return prompt, completion
 
 
@@ -233,16 +114,21 @@ def prompt_fields(template: jinja2.Template, row: dict) -> list[str]:
     return found
 
 
-def build_examples(task: TaskSpec, rows: list[tuple[int, dict]], where: str | None = None) -> list[Example]:
-    """Template every (row number, row); collect every bad row and raise once, naming file, row and reason."""
-    template = load_template(task.template)
+def build_examples(
+    task: TaskSpec, rows: list[tuple[int, dict]], where: str | None = None, limits: Limits = DEFAULT_LIMITS
+) -> list[Example]:
+    """Template every (row number, row); collect every bad row and raise once, naming file, row and reason.
+    A row past a resource limit (time, size, recursion) stops at once: every row would pay it again."""
+    template = load_template(task.template, limits)
     examples, problems = [], []
     labels = {label: i for i, label in enumerate(task.labels or ())}
     for number, row in rows:
         try:
-            prompt, completion = render_example(template, row)
-        except ValueError as exc:
+            prompt, completion = render_example(template, row, limits)
+        except TemplateProblem as exc:
             problems.append(f"row {number}: {exc}")
+            if exc.fatal:
+                break
             continue
         if task.label_map is not None:
             completion = task.label_map.get(completion, completion)
@@ -349,10 +235,11 @@ def prepare_data(spec: Spec) -> list[TaskData]:
     readers: dict[tuple, list[TaskSpec]] = defaultdict(list)
     for task in spec.tasks:
         readers[task.data.key()].append(task)
-    prepared = {}
-    for tasks in readers.values():
-        for data in prepare_source(tasks, spec.seed):
+    prepared, errors = {}, []
+    for tasks in readers.values():  # every source is read: one bad file does not hide another's problems
+        for data in collect(errors, prepare_source, tasks, spec.seed, spec.limits) or []:
             prepared[data.task.name] = data
+    raise_all(errors)
     return [prepared[task.name] for task in spec.tasks]
 
 
@@ -361,7 +248,7 @@ def prepare_task(task: TaskSpec, seed: int) -> TaskData:
     return prepare_source([task], seed)[0]
 
 
-def prepare_source(tasks: list[TaskSpec], seed: int) -> list[TaskData]:
+def prepare_source(tasks: list[TaskSpec], seed: int, limits: Limits = DEFAULT_LIMITS) -> list[TaskData]:
     """Read one source, template it for every task reading it, sample and split it once."""
     first = tasks[0]
     data = first.data
@@ -374,10 +261,10 @@ def prepare_source(tasks: list[TaskSpec], seed: int) -> list[TaskData]:
     examples: dict[str, dict[str, list[Example]]] = {}  # part -> task -> examples (aligned with rows)
     rows_read = 0
     for part, source in files.items():
-        rows = read_rows(source)
+        rows = read_rows(source, limits)
         rows_read += len(rows)
         numbered = list(enumerate(rows, 1))
-        examples[part] = {t.name: build_examples(t, numbered, source.describe()) for t in tasks}
+        examples[part] = {t.name: build_examples(t, numbered, source.describe(), limits) for t in tasks}
         strata = _strata(tasks, data.stratify_by, rows, examples[part], source)
         groups = _groups(data.group_by, rows, source)
         keep = list(range(len(rows)))
@@ -416,11 +303,11 @@ def prepare_source(tasks: list[TaskSpec], seed: int) -> list[TaskData]:
     return out
 
 
-def prepare_replay(replay: ReplaySpec) -> list[Example]:
+def prepare_replay(replay: ReplaySpec, limits: Limits = DEFAULT_LIMITS) -> list[Example]:
     """Replay rows (the built-in general set or the user's file) as prompt-completion examples."""
     source = DataSource(path=replay.data, format=DATA_EXTENSIONS.get(replay.data.suffix.lower(), "jsonl"))
     task = TaskSpec(name="replay", data=source, template=replay.template, split=SplitSpec(1.0, 0.0, 0.0))
-    return build_examples(task, list(enumerate(read_rows(source), 1)))
+    return build_examples(task, list(enumerate(read_rows(source, limits), 1)), limits=limits)
 
 
 def _fractions(task: TaskSpec, part: str, has_val_file: bool) -> tuple[float, float, float] | None:

@@ -61,3 +61,37 @@ class Interrupted(BaseException):
         self.exit_code = 128 + signum
         self.detail = ""  # what the run left and how to continue, set by the flow that stopped
         super().__init__(self.name)
+
+
+class PreflightError(RunnerError):
+    """Every problem the pre-flight found, in every input at once: each section is one input's
+    ProblemsError (the spec, a data file, a template) with its own header."""
+
+    exit_code = 2
+
+    def __init__(self, errors: list[ProblemsError]) -> None:
+        self.errors = list(errors)
+        self.problems = [p for e in self.errors for p in e.problems]
+        super().__init__("\n".join(e.message for e in self.errors))
+
+
+def raise_all(errors: list[ProblemsError]) -> None:
+    """Raise the problems collected (one error as itself, several as one PreflightError); the
+    same message found twice (tasks and runs share sources) is shown once."""
+    unique = list({e.message: e for e in errors}.values())
+    if len(unique) == 1:
+        raise unique[0]
+    if unique:
+        raise PreflightError(unique)
+
+
+def collect(errors: list[ProblemsError], step, *args):
+    """Run one pre-flight step; its problems join `errors` instead of stopping the others
+    (None is returned in their place)."""
+    try:
+        return step(*args)
+    except PreflightError as exc:
+        errors.extend(exc.errors)
+    except ProblemsError as exc:
+        errors.append(exc)
+    return None

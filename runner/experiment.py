@@ -22,15 +22,13 @@ import sys
 import traceback
 from pathlib import Path
 
-import yaml
-
 from runner import report as reporting
 from runner.comparison import write_comparison
 from runner.data import splits_record
-from runner.errors import Interrupted, RunnerError, SpecError
-from runner.folder import environment, last_checkpoint, new_run_dir, run_status
-from runner.inputs import Inputs, prepare_inputs, print_findings
-from runner.spec import Spec, to_jsonable
+from runner.errors import Interrupted, RunnerError
+from runner.folder import environment, last_checkpoint, new_run_dir, run_status, spec_text
+from runner.inputs import Inputs, print_findings
+from runner.spec import Spec, read_spec_file, written_spec
 
 STATE_FILE = "experiment.json"
 SHARED_SCORES = "base_scores"
@@ -40,18 +38,15 @@ def run_experiment_runs(
     spec: Spec, output_dir: Path | None = None, resume: Path | None = None, only: list[str] | None = None
 ) -> Path:
     """Run every run of the experiment (or those named in `only`); returns the parent folder."""
+    from runner.preflight import preflight
     from runner.run import quiet_libraries, train_run
-    from runner.training import strategy_problems
 
     quiet_libraries()
     runs = selected_runs(spec, only)
-    problems = [f"{run.run.name}: {p}" for run in runs for p in strategy_problems(run.trainer)]
-    if problems:
-        raise SpecError(str(spec.source_path or spec.name), problems)
-    # Every run's data first: a bad row in an added task, or a mixture that would move the
+    # Every run's inputs first: a bad row in an added task, or a mixture that would move the
     # primary task's rows between splits, stops here, before any folder exists.
-    inputs = {run.run.name: prepare_inputs(run) for run in runs}
-    check_shared_split(spec, runs, inputs)
+    prepared = preflight(spec, runs=runs, output_dir=output_dir, writes=resume is None)
+    inputs = {run.run.name: run_inputs for run, run_inputs in zip(runs, prepared)}
     print_new_findings(runs, inputs)
     if resume is not None:
         parent = resume
@@ -115,27 +110,6 @@ def selected_runs(spec: Spec, only: list[str] | None) -> list[Spec]:
     return [r for r in spec.runs if r.run.name in only or r.run.variant in only]
 
 
-def check_shared_split(spec: Spec, runs: list[Spec], inputs: dict[str, Inputs]) -> None:
-    """Every run must hold the same primary-task rows in train, val and test: the base scores
-    and the paired comparison rest on it. A task added on the primary task's file changes how
-    that file is stratified unless both name the same data.stratify_by."""
-    problems = []
-    reference = None
-    for run in runs:
-        entry = splits_record(inputs[run.run.name].tasks, spec.seed)["tasks"][spec.primary_task]
-        record = {split: entry[split] for split in ("train", "val", "test")}
-        if reference is None:
-            reference = (run.run.name, record)
-        elif record != reference[1]:
-            problems.append(
-                f"run {run.run.name!r} splits the rows of task {spec.primary_task!r} differently from run "
-                f"{reference[0]!r}; a task it adds reads the same file, which changes the stratification: give "
-                f"every task on that file the same data.stratify_by (e.g. the primary task's label field)."
-            )
-    if problems:
-        raise RunnerError("\n".join(problems))
-
-
 def print_new_findings(runs: list[Spec], inputs: dict[str, Inputs]) -> None:
     """Data-check findings once each (runs share most tasks)."""
     seen = set()
@@ -147,18 +121,13 @@ def print_new_findings(runs: list[Spec], inputs: dict[str, Inputs]) -> None:
 
 def write_header(parent: Path, spec: Spec, inputs: Inputs) -> None:
     reporting.write_json(parent / "splits.json", splits_record(inputs.tasks, spec.seed))
-    (parent / "spec.yaml").write_text(
-        "# The resolved spec of this experiment: every default filled in.\n"
-        + yaml.safe_dump(_resolved(spec), sort_keys=False)
-    )
+    (parent / "spec.yaml").write_text(spec_text(spec, "experiment"))
     reporting.write_json(parent / "environment.json", environment(spec))
     write_state(parent, {r.run.name: "pending" for r in spec.runs})
 
 
 def _resolved(spec: Spec) -> dict:
-    resolved = to_jsonable(spec)
-    resolved.pop("source_path", None)
-    return resolved
+    return json.loads(json.dumps(written_spec(spec)))
 
 
 def check_same_experiment(parent: Path, spec: Spec) -> None:
@@ -166,8 +135,8 @@ def check_same_experiment(parent: Path, spec: Spec) -> None:
     path = parent / "spec.yaml"
     if not (parent / STATE_FILE).is_file() or not path.is_file():
         raise RunnerError(f"--resume {parent}: not an experiment folder (no {STATE_FILE} or spec.yaml there).")
-    before = yaml.safe_load(path.read_text())
-    now = json.loads(json.dumps(_resolved(spec)))
+    before = read_spec_file(path)
+    now = _resolved(spec)
     changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
     if changed:
         raise RunnerError(

@@ -21,7 +21,7 @@ from runner import plots
 from runner import report as reporting
 from runner.errors import RunnerError, SpecError
 from runner.model import describe_weights, load_model
-from runner.spec import Spec, to_jsonable
+from runner.spec import Spec, read_spec_file, to_jsonable, written_spec
 
 PACKAGES = (
     "torch",
@@ -85,7 +85,7 @@ def last_checkpoint(run_dir: Path) -> Path:
 
 # Settings a resumed run may change: they do not change what training computes.
 RESUMABLE_CHANGES = ("name", "description", "output_dir", "evaluation", "checkpointing", "data_checks",
-                     "comparison", "trainer.log_every_n_steps")  # fmt: skip
+                     "comparison", "limits", "trainer.log_every_n_steps")  # fmt: skip
 
 
 def input_fingerprints(spec: Spec, tasks: list) -> dict:
@@ -104,10 +104,14 @@ def resume_problems(run_dir: Path, spec: Spec, fingerprints: dict) -> tuple[list
     """(what forbids resuming run_dir with this spec, the allowed differences): a changed
     setting that alters training, or changed data, templates or model."""
     try:
-        before = yaml.safe_load((run_dir / "spec.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        return [f"{run_dir / 'spec.yaml'}: missing or unreadable; this is not a run folder runner wrote."], []
-    now = json.loads(json.dumps(to_jsonable(spec), default=str))
+        before = read_spec_file(run_dir / "spec.yaml")
+    except SpecError as exc:
+        return [f"{run_dir / 'spec.yaml'}: {p}" for p in exc.problems], []
+    if not isinstance(before, dict):
+        return [f"{run_dir / 'spec.yaml'}: not a spec; this is not a run folder runner wrote."], []
+    # Folders written before spec.yaml became a re-runnable spec hold the typed form.
+    written = to_jsonable(spec) if "source_path" in before else written_spec(spec)
+    now = json.loads(json.dumps(written, default=str))
     problems, allowed = [], []
     for path, old, new in _differences(before, now):
         if path in ("source_path", "runs", "run"):
@@ -150,11 +154,16 @@ def write_run_header(run_dir: Path, spec: Spec, splits: dict, fingerprints: dict
     reporting.write_json(run_dir / "splits.json", splits)
     if fingerprints is not None:
         reporting.write_json(run_dir / FINGERPRINTS_FILE, fingerprints)
-    (run_dir / "spec.yaml").write_text(
-        "# The resolved spec of this run: every default filled in.\n"
-        + yaml.safe_dump(to_jsonable(spec), sort_keys=False)
-    )
+    (run_dir / "spec.yaml").write_text(spec_text(spec, "run"))
     reporting.write_json(run_dir / "environment.json", environment(spec))
+
+
+def spec_text(spec: Spec, what: str) -> str:
+    """spec.yaml: the spec with every default filled in and paths absolute, itself a valid spec."""
+    return (
+        f"# The resolved spec of this {what}: every default filled in, paths absolute.\n"
+        f"# Run it again with: runner run <this file>\n" + yaml.safe_dump(written_spec(spec), sort_keys=False)
+    )
 
 
 def environment(spec: Spec) -> dict:
@@ -226,6 +235,7 @@ def write_inference_files(run_dir: Path, spec: Spec, tasks: list, precision: str
             "batch_size": spec.evaluation.batch_size,
             "max_new_tokens": spec.evaluation.max_new_tokens,
             "primary_task": spec.primary_task,
+            "limits": dataclasses.asdict(spec.limits),
             "tasks": entries,
         },
     )

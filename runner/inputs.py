@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from runner import checks
 from runner.data import Encoder, Example, TaskData, prepare_data, prepare_replay
-from runner.errors import SpecError
+from runner.errors import ProblemsError, RunnerError, SpecError, collect, raise_all
 from runner.methods import method_problems
 from runner.model import load_tokenizer, model_config
 from runner.spec import Spec
@@ -38,25 +38,41 @@ class Inputs:
 
 def prepare_inputs(spec: Spec, with_probes: bool = True, enforce_checks: bool = True) -> Inputs:
     """Data (read, templated, split), the tokenizer, rows fitted to max_length, data checks and
-    probes. Raises DataError (exit 2) for bad rows or failing checks, before any run folder."""
+    probes. Raises one error listing every problem found (exit 2), before any run folder: a bad
+    data file does not hide a bad probe, model or method setting."""
     started = time.perf_counter()
-    tasks = prepare_data(spec)
-    check_train_rows(spec, tasks)
+    where = str(spec.source_path or spec.name)
+    errors: list[ProblemsError] = []
+    tasks = collect(errors, prepare_data, spec)
+    if tasks is not None:
+        collect(errors, check_train_rows, spec, tasks)
     probes = []
     if with_probes:
         from runner.probes import load_probe  # scoring code (and Lightning) only when probes are wanted
 
-        probes = [load_probe(p) for p in spec.evaluation.forgetting]
+        probes = [collect(errors, load_probe, p, spec.limits) for p in spec.evaluation.forgetting]
     problems = method_problems(spec.method, model_config(spec.model.source))
     if problems:
-        raise SpecError(str(spec.source_path or spec.name), problems)
-    encoder = Encoder(load_tokenizer(spec.model.source), spec.model.max_length, spec.model.chat_template)
-    fitter = fit_tasks(tasks, encoder, spec.model.truncation)
-    findings = checks.run_checks(tasks, encoder, spec.data_checks)
+        errors.append(SpecError(where, problems))
+    tokenizer = collect(errors, _tokenizer, spec)
+    replay = collect(errors, prepare_replay, spec.replay, spec.limits) if spec.replay is not None else []
+    if tasks is None or tokenizer is None:
+        raise_all(errors)
+    encoder = Encoder(tokenizer, spec.model.max_length, spec.model.chat_template)
+    fitter = collect(errors, fit_tasks, tasks, encoder, spec.model.truncation, spec.limits)
+    findings = checks.run_checks(tasks, encoder, spec.data_checks) if fitter is not None else []
     if enforce_checks:
-        checks.raise_failures(findings, str(spec.source_path or spec.name))
-    replay = prepare_replay(spec.replay) if spec.replay is not None else []
-    return Inputs(tasks, probes, encoder, fitter, findings, time.perf_counter() - started, replay)
+        collect(errors, checks.raise_failures, findings, where)
+    raise_all(errors)
+    return Inputs(tasks, probes, encoder, fitter, findings, time.perf_counter() - started, replay or [])
+
+
+def _tokenizer(spec: Spec):
+    """The model's tokenizer; one that cannot be loaded is a spec problem (the model.source)."""
+    try:
+        return load_tokenizer(spec.model.source)
+    except RunnerError as exc:
+        raise SpecError(str(spec.source_path or spec.name), [f"$.{exc.message}"]) from None
 
 
 def check_train_rows(spec: Spec, tasks: list[TaskData]) -> None:

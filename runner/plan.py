@@ -17,7 +17,8 @@ import time
 
 import torch
 
-from runner.inputs import Inputs, prepare_inputs
+from runner.inputs import Inputs
+from runner.preflight import preflight
 from runner.preview import summary_text
 from runner.probes import ProbeData
 from runner.report import peak_rss_mb
@@ -33,7 +34,7 @@ def plan(spec: Spec) -> dict:
 
     quiet_libraries()
     started = time.perf_counter()
-    inputs = prepare_inputs(spec, enforce_checks=False)
+    (inputs,) = preflight(spec, runs=[spec], enforce_checks=False)
     prepare_s = time.perf_counter() - started
     datamodule = make_datamodule(inputs, spec)
     loader = datamodule.train_dataloader()

@@ -20,12 +20,15 @@ import jinja2
 import jinja2.meta
 import torch
 
-from runner.data import Encoder, Example, TaskData, load_template, read_rows, render_example, template_environment
+from runner.data import Encoder, Example, TaskData, render_example
 from runner.errors import DataError, RunnerError
 from runner.evaluation import Evaluator
 from runner.folder import load_run_model, read_inference
+from runner.limits import DEFAULT_LIMITS, Limits, limits_from
 from runner.model import merged_adapters
+from runner.reading import read_rows
 from runner.spec import DataSource, TaskSpec
+from runner.templating import TemplateProblem, load_template, template_environment
 from runner.training import autocast_dtype
 from runner.truncation import Fitter
 
@@ -42,8 +45,9 @@ def predict(
     if task_name not in inference["tasks"]:
         raise RunnerError(f"--task {task_name!r}: this run's tasks are {', '.join(inference['tasks'])}.")
     entry = inference["tasks"][task_name]
+    limits = limits_from(inference.get("limits"))
     with _input_file(source, fmt) as (path, fmt):
-        rows = read_rows(DataSource(path=path, format=fmt))
+        rows = read_rows(DataSource(path=path, format=fmt), limits)
     task = TaskSpec(
         name=task_name,
         data=DataSource(path=Path(source)),
@@ -53,11 +57,11 @@ def predict(
         label_map=entry["label_map"],
         id_field=entry["id_field"],
     )
-    examples, gold = examples_of(task, rows, where=source if source != "-" else "standard input")
+    examples, gold = examples_of(task, rows, source if source != "-" else "standard input", limits)
 
     model, tokenizer = load_run_model(run_dir, inference)
     encoder = Encoder(tokenizer, inference["max_length"], inference["chat_template"])
-    fitter = Fitter(encoder, inference["truncation"])
+    fitter = Fitter(encoder, inference["truncation"], limits)
     data = TaskData(task, train=[], val=[], test=examples, label_eos=entry["label_eos"])
     fitter.fit_task(data)  # shortened as the run shortened its own rows (model.truncation)
     evaluator = Evaluator(
@@ -100,10 +104,12 @@ def predict(
     }
 
 
-def examples_of(task: TaskSpec, rows: list[dict], where: str) -> tuple[list[Example], list[str | None]]:
+def examples_of(
+    task: TaskSpec, rows: list[dict], where: str, limits: Limits = DEFAULT_LIMITS
+) -> tuple[list[Example], list[str | None]]:
     """Each row rendered through the task's template. The completion is optional: fields that
     only the completion uses may be missing. Every bad row is named at once."""
-    template = load_template(task.template)
+    template = load_template(task.template, limits)
     variables = jinja2.meta.find_undeclared_variables(template_environment().parse(task.template.read_text()))
     examples, gold, problems = [], [], []
     for number, row in enumerate(rows, 1):
@@ -113,9 +119,11 @@ def examples_of(task: TaskSpec, rows: list[dict], where: str) -> tuple[list[Exam
         present = {k: v for k, v in row.items() if v is not None}
         missing = sorted(v for v in variables if v not in present)
         try:
-            prompt, completion = render_example(template, {**present, **dict.fromkeys(missing, MISSING)})
-        except ValueError as exc:
+            prompt, completion = render_example(template, {**present, **dict.fromkeys(missing, MISSING)}, limits)
+        except TemplateProblem as exc:
             problems.append(f"row {number}: {exc}")
+            if exc.fatal:
+                break
             continue
         if MISSING in prompt:
             used = [name for name in missing if _shows_in_prompt(template, present, missing, name)]

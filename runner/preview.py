@@ -11,7 +11,8 @@ import json
 import statistics
 
 from runner.data import IGNORE_INDEX, Example, TaskData
-from runner.inputs import Inputs, prepare_inputs
+from runner.inputs import Inputs
+from runner.preflight import preflight
 from runner.spec import Spec
 
 LOSS_OPEN, LOSS_CLOSE = "⟦", "⟧"  # around the tokens that carry loss
@@ -19,7 +20,7 @@ LOSS_OPEN, LOSS_CLOSE = "⟦", "⟧"  # around the tokens that carry loss
 
 def preview(spec: Spec, rows: int, split: str, as_json: bool) -> str:
     """The preview as text (or JSON lines, one object per row)."""
-    inputs = prepare_inputs(spec, with_probes=False, enforce_checks=False)
+    (inputs,) = preflight(spec, runs=[spec], with_probes=False, enforce_checks=False)
     records = [row_record(inputs, data, split, e) for data in inputs.tasks for e in data.splits()[split][:rows]]
     if as_json:
         return "\n".join(json.dumps(r, ensure_ascii=False) for r in records)

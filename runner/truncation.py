@@ -18,8 +18,10 @@ from pathlib import Path
 
 import jinja2
 
-from runner.data import Encoder, Example, TaskData, load_template, prompt_fields, render_example
+from runner.data import Encoder, Example, TaskData, prompt_fields, render_example
 from runner.errors import DataError, TemplateError
+from runner.limits import DEFAULT_LIMITS, Limits
+from runner.templating import load_template
 
 MARK = " … "
 MIN_FIELD_TOKENS = 8  # below this a cut field says nothing; the row then falls back to a left cut
@@ -29,14 +31,15 @@ ATTEMPTS = 6  # re-renders per row: tokens of a re-joined text differ slightly f
 class Fitter:
     """Fits examples into `max_length` tokens by the spec's truncation policy."""
 
-    def __init__(self, encoder: Encoder, policy: str) -> None:
+    def __init__(self, encoder: Encoder, policy: str, limits: Limits = DEFAULT_LIMITS) -> None:
         self.encoder = encoder
         self.policy = policy
+        self.limits = limits  # re-rendering a row is held to the same bounds as the first render
         self._templates: dict[Path, jinja2.Template] = {}
 
     def template(self, path: Path) -> jinja2.Template:
         if path not in self._templates:
-            self._templates[path] = load_template(path)
+            self._templates[path] = load_template(path, self.limits)
         return self._templates[path]
 
     def completion_room(self, data: TaskData, example: Example) -> int:
@@ -88,7 +91,7 @@ class Fitter:
             for key in prompt_fields(template, example.fields)
             if isinstance(example.fields[key], str) and example.fields[key].strip()
         }
-        prompt, _ = render_example(template, example.fields)
+        prompt, _ = render_example(template, example.fields, self.limits)
         length = len(self.encoder.prompt_ids(prompt))
         if length <= budget:
             return dataclasses.replace(example, prompt=prompt, truncated=False)
@@ -96,7 +99,7 @@ class Fitter:
         for _ in range(ATTEMPTS):
             cap = max(token_cap(sorted(map(len, ids.values()), reverse=True), need), MIN_FIELD_TOKENS)
             fields = {**example.fields, **{k: middle_cut(tokenizer, v, cap) for k, v in ids.items() if len(v) > cap}}
-            prompt, _ = render_example(template, fields)
+            prompt, _ = render_example(template, fields, self.limits)
             length = len(self.encoder.prompt_ids(prompt))
             if length <= budget or cap == MIN_FIELD_TOKENS:
                 break
@@ -109,7 +112,7 @@ class Fitter:
         shown = prompt_fields(template, example.fields)
         blank = {k: "" if k in shown and isinstance(v, str) else v for k, v in example.fields.items()}
         try:
-            prompt, _ = render_example(template, blank)
+            prompt, _ = render_example(template, blank, self.limits)
         except ValueError:  # a template that needs non-empty fields: measured per row instead
             return
         fixed = len(self.encoder.prompt_ids(prompt)) + self.completion_room(data, example)
@@ -184,9 +187,9 @@ def middle_cut(tokenizer, ids: list[int], cap: int) -> str:
     return start + MARK + end
 
 
-def fit_tasks(tasks: list[TaskData], encoder: Encoder, policy: str) -> Fitter:
+def fit_tasks(tasks: list[TaskData], encoder: Encoder, policy: str, limits: Limits = DEFAULT_LIMITS) -> Fitter:
     """Mark prefix label sets, then fit every task's examples; returns the fitter for scoring."""
-    fitter = Fitter(encoder, policy)
+    fitter = Fitter(encoder, policy, limits)
     for data in tasks:
         data.label_eos = data.task.is_classification and bool(prefix_labels(encoder, data.task.labels))
         fitter.fit_task(data)

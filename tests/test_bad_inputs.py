@@ -186,3 +186,17 @@ def test_corpus_is_complete() -> None:
     assert len([p for p in (CORPUS / "data").iterdir() if p.is_file()]) >= 12
     assert len(DATA_CASES) >= 12
     assert GOOD_CASES and INFO_CASES
+
+
+@pytest.mark.parametrize("case", BAD_CASES, ids=lambda c: c.id)
+def test_validate_refuses_what_run_refuses(case: Case, tmp_path: Path, cli) -> None:
+    """One pre-flight: `runner validate` gives the exit code and the problems `runner run` gives
+    (data-check warnings, printed before the error by both, aside)."""
+    spec = stage(case, tmp_path)
+    run_code, _, run_err = cli(["run", str(spec)])
+    code, _, err = cli(["validate", str(spec)])
+
+    def error_lines(text: str) -> list[str]:
+        return [line for line in text.strip().splitlines() if not line.startswith("data check ")]
+
+    assert (code, error_lines(err)) == (run_code, error_lines(run_err))

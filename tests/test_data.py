@@ -72,7 +72,7 @@ def test_bad_rows_stop_with_file_row_and_field(workdir):
     with pytest.raises(DataError) as info:
         prepare_task(task_of(workdir), seed=1)
     assert info.value.problems == [
-        "row 3: 'sentiment' is undefined; the row's fields are: text.",
+        "row 3: 'sentiment' is undefined: the row has no field 'sentiment'; its fields are: text.",
         "row 5: completion 'neutral' is not one of the task's labels (positive, negative); "
         "fix the row or add the label to tasks[].labels.",
         "row 7: the completion is empty; check the completion field of this row.",

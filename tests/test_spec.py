@@ -100,7 +100,7 @@ def test_missing_required_and_data_source_shape(workdir):
     raw["tasks"][0]["data"] = {"path": "data/sentiment.jsonl", "hub": "imdb"}
     problems = problems_of(write_spec(workdir / "bad.yaml", raw))
     assert problems[0].startswith("$: missing required key 'name'; Experiment name")
-    assert problems[1] == "$.tasks[0].data: got both 'path' and 'hub', expected exactly one of them."
+    assert problems[1] == "$.tasks[0].data: got 'path' and 'hub', expected exactly one of path, glob, hub."
 
 
 def test_set_overrides_are_validated_like_the_file(workdir):
@@ -139,7 +139,7 @@ def test_dataclasses_and_schema_stay_in_step():
     props = schema()["properties"]
     defs = schema()["$defs"]
     pairs = [
-        (Spec, props, {"source_path", "raw", "runs", "run"}, {"$schema"}),
+        (Spec, props, {"source_path", "written", "runs", "run"}, {"$schema"}),
         (spec_module.ReplaySpec, props["replay"]["properties"], set(), set()),
         (spec_module.VariantSpec, props["variants"]["items"]["properties"], set(), set()),
         (spec_module.CurveSpec, props["curve"]["properties"], set(), set()),

@@ -99,6 +99,22 @@ def render_example(template: jinja2.Template, row: dict, limits: Limits = DEFAUL
     return prompt, completion
 
 
+def grouped_rows(problems: list[tuple[int, str]], shown: int = 5) -> list[str]:
+    """One line per distinct problem, naming its rows: a template error on every row is one line
+    ("rows 1, 2, 3, 4, 5 and 35 more: ...") rather than forty."""
+    rows: dict[str, list[int]] = {}
+    for number, message in problems:
+        rows.setdefault(message, []).append(number)
+    lines = []
+    for message, numbers in rows.items():
+        if len(numbers) == 1:
+            lines.append(f"row {numbers[0]}: {message}")
+            continue
+        more = f" and {len(numbers) - shown} more" if len(numbers) > shown else ""
+        lines.append(f"rows {', '.join(map(str, numbers[:shown]))}{more}: {message}")
+    return lines
+
+
 def prompt_fields(template: jinja2.Template, row: dict) -> list[str]:
     """The row fields a template shows in the prompt and not in the completion: each field is
     replaced by a marker and the row rendered to see where the marker lands."""
@@ -126,7 +142,7 @@ def build_examples(
         try:
             prompt, completion = render_example(template, row, limits)
         except TemplateProblem as exc:
-            problems.append(f"row {number}: {exc}")
+            problems.append((number, str(exc)))
             if exc.fatal:
                 break
             continue
@@ -143,22 +159,25 @@ def build_examples(
                 elif completion.strip().lstrip("-").isdigit() and task.label_map is None:
                     fix = f"numeric labels become words with tasks[].label_map, e.g. {{{completion}: {task.labels[0]}}}"
                 problems.append(
-                    f"row {number}: completion {completion!r} is not one of the task's labels "
-                    f"({', '.join(task.labels)}); {fix}."
+                    (
+                        number,
+                        f"completion {completion!r} is not one of the task's labels ({', '.join(task.labels)}); {fix}.",
+                    )
                 )
                 continue
             label = labels[completion]
         row_id = None
         if task.id_field is not None:
             if row.get(task.id_field) is None:
-                problems.append(f"row {number}: no {task.id_field!r} field (tasks[].id_field); every row needs one.")
+                problems.append((number, f"no {task.id_field!r} field (tasks[].id_field); every row needs one."))
                 continue
             row_id = str(row[task.id_field])
         examples.append(Example(task.name, number, prompt, completion, label, row_id, row))
     if problems:
-        shown = problems[:MAX_PROBLEMS_SHOWN]
-        if len(problems) > len(shown):
-            shown.append(f"... and {len(problems) - len(shown)} more bad rows.")
+        lines = grouped_rows(problems)
+        shown = lines[:MAX_PROBLEMS_SHOWN]
+        if len(lines) > len(shown):
+            shown.append(f"... and {len(lines) - len(shown)} more problems.")
         raise DataError(
             f"{where or task.data.describe()} (task {task.name!r}, template {task.template.name})",
             shown,

@@ -39,6 +39,12 @@ class TemplateError(ProblemsError):
     what = "template for this model"
 
 
+class TemplateFileError(ProblemsError):
+    """A template file cannot be used: unreadable, not valid Jinja, or reaching for other files."""
+
+    what = "template"
+
+
 class DataError(ProblemsError):
     """Task data cannot be read or a row cannot become a training example."""
 

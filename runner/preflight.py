@@ -12,11 +12,12 @@ when an earlier one failed.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 from runner.errors import ProblemsError, SpecError, collect, raise_all
 from runner.inputs import Inputs, prepare_inputs
-from runner.spec import Spec
+from runner.spec import Spec, TrainerSpec
 
 
 def preflight(
@@ -30,9 +31,6 @@ def preflight(
     """Each run's inputs (one for a plain spec; for an experiment, `runs` or all its runs),
     after every check a run makes before its folder exists. `writes`: the command will create
     a run folder under `output_dir` (default: the spec's), so it must be writable."""
-    from runner.folder import check_writable
-    from runner.training import strategy_problems
-
     runs = runs if runs is not None else (list(spec.runs) if spec.is_experiment else [spec])
     where = str(spec.source_path or spec.name)
     errors: list[ProblemsError] = []
@@ -44,12 +42,37 @@ def preflight(
     if strategy:
         errors.append(SpecError(where, list(dict.fromkeys(strategy))))
     if writes:
+        from runner.folder import check_writable  # the run folder's code (and its plotting) only when one is made
+
         collect(errors, check_writable, output_dir or spec.output_dir)
     inputs = [collect(errors, prepare_inputs, run, with_probes, enforce_checks) for run in runs]
     if spec.is_experiment and all(i is not None for i in inputs):
         collect(errors, check_shared_split, spec, runs, inputs)
     raise_all(errors)
     return inputs
+
+
+def strategy_problems(trainer: TrainerSpec) -> list[str]:
+    """The Lightning strategy, checked before any work: a name Lightning knows, and FSDP only
+    where Lightning runs it (CUDA devices). Otherwise the Trainer refuses it after minutes of
+    data preparation and base scoring."""
+    strategy = trainer.strategy
+    if strategy == "auto":  # the default: nothing to check, and Lightning need not be imported
+        return []
+    import torch
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    known = StrategyRegistry.available_strategies()
+    if strategy != "auto" and strategy not in known:
+        close = difflib.get_close_matches(strategy, known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; Lightning's: auto, {', '.join(sorted(known))}."
+        return [f"$.trainer.strategy: unknown strategy {strategy!r}{hint}"]
+    cpu = trainer.accelerator == "cpu" or (trainer.accelerator == "auto" and not torch.cuda.is_available())
+    if strategy.startswith("fsdp") and cpu:
+        return [
+            f"$.trainer.strategy: {strategy!r} needs CUDA devices (Lightning runs FSDP on GPUs only); use 'ddp' on CPUs."
+        ]
+    return []
 
 
 def check_shared_split(spec: Spec, runs: list[Spec], inputs: list[Inputs]) -> None:

@@ -1151,7 +1151,7 @@ def written_spec(spec: Spec) -> dict:
     """What a run folder's spec.yaml holds and `runner validate` prints: a valid spec that re-runs
     this run (for an experiment's run: that run alone)."""
     out = {k: copy.deepcopy(spec.written[k]) for k in schema()["properties"] if k in spec.written}
-    if spec.run is not None:  # a run of an experiment: its own spec, the experiment's keys gone
+    if not spec.is_experiment:  # a single run (or one run of an experiment): no experiment keys
         for key in EXPERIMENT_KEYS:
             out.pop(key, None)
     return out

@@ -32,7 +32,7 @@ from jinja2.sandbox import MAX_RANGE, SandboxedEnvironment, SecurityError
 from jinja2.utils import generate_lorem_ipsum, pass_context
 from jinja2.visitor import NodeTransformer
 
-from runner.errors import DataError
+from runner.errors import TemplateFileError
 from runner.limits import DEFAULT_LIMITS, Limits
 
 MAX_INT_BITS = 1 << 16  # ~19,700 digits: Python prints at most 4,300, and bigger ints cost time
@@ -407,18 +407,20 @@ def load_template(path: Path, limits: Limits = DEFAULT_LIMITS) -> jinja2.Templat
     """Read and compile a template file.
 
     Raises:
-        DataError: the file cannot be read, is not UTF-8, is not valid Jinja, or includes,
+        TemplateFileError: the file cannot be read, is not UTF-8, is not valid Jinja, or includes,
             imports or extends another template; each problem is located by line.
     """
     try:
         raw = path.read_bytes()
         source = raw.decode("utf-8")
     except OSError as exc:
-        raise DataError(str(path), [f"cannot read the template: {exc.strerror or exc}; check the path."]) from None
+        raise TemplateFileError(
+            str(path), [f"cannot read the template: {exc.strerror or exc}; check the path."]
+        ) from None
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         problem = f"line {line}: the template is not UTF-8 text (byte 0x{raw[exc.start]:02x}); save it as UTF-8."
-        raise DataError(str(path), [problem]) from None
+        raise TemplateFileError(str(path), [problem]) from None
     env = template_environment(limits)
     try:
         tree = env.parse(source)
@@ -428,10 +430,12 @@ def load_template(path: Path, limits: Limits = DEFAULT_LIMITS) -> jinja2.Templat
             for node in tree.find_all(tuple(_REFUSED))
         ]
         if problems:
-            raise DataError(str(path), problems)
+            raise TemplateFileError(str(path), problems)
         return env.from_string(tree)
     except jinja2.TemplateSyntaxError as exc:
-        raise DataError(str(path), [f"line {exc.lineno}: Jinja syntax error: {_clip(exc.message or '')}."]) from None
+        raise TemplateFileError(
+            str(path), [f"line {exc.lineno}: Jinja syntax error: {_clip(exc.message or '')}."]
+        ) from None
 
 
 def render(template: jinja2.Template, row: dict, limits: Limits = DEFAULT_LIMITS) -> str:
@@ -532,7 +536,7 @@ _REASONS: list[tuple[type, str, str, bool]] = [
     (jinja2.TemplateError, "", "template error: {m}; fix the template.", False),
     (OverflowError, "range", f"range() is capped at {MAX_RANGE:,} items in the sandbox; loop over fewer items.", False),
     (ValueError, "integer string conversion", "a number has more than 4,300 digits and cannot be printed; compute with smaller numbers.", False),
-    (ZeroDivisionError, "", "division by zero ({m}); check the divisor first, e.g. {% if n %}…{% endif %}.", False),
+    (ZeroDivisionError, "", "a division by zero; check the divisor first, e.g. {% if n %}…{% endif %}.", False),
     (TypeError, "no loader", "{% include %}, {% import %} and {% extends %} are not available: a template is one file; paste the text it refers to into it.", False),
     (TypeError, "", "type error: {m}; convert the value first, e.g. {{ x | int }} or {{ x | string }}.", False),
     (OverflowError, "", "a number is too large: {m}; compute with smaller numbers.", False),

@@ -6,7 +6,6 @@ vocabulary head applied only at completion positions (`runner.forward`).
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import os
 import random
@@ -39,7 +38,7 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 from runner.data import IGNORE_INDEX, Collator, Encoder, Example, TaskData, sample_indices
 from runner.errors import Interrupted, RunnerError
 from runner.forward import completion_targets, completion_token_losses
-from runner.spec import ReplaySpec, Spec, TrainerSpec, TrainingSpec
+from runner.spec import ReplaySpec, Spec, TrainingSpec
 
 
 @dataclass
@@ -623,26 +622,6 @@ class FitResult:
     tokens: int = 0
     step_seconds: float = 0.0
     global_steps: int = 0
-
-
-def strategy_problems(trainer: TrainerSpec) -> list[str]:
-    """The Lightning strategy, checked before any work: a name Lightning knows, and FSDP only
-    where Lightning runs it (CUDA devices). Otherwise the Trainer refuses it after minutes of
-    data preparation and base scoring."""
-    from lightning.pytorch.strategies import StrategyRegistry
-
-    strategy = trainer.strategy
-    known = StrategyRegistry.available_strategies()
-    if strategy != "auto" and strategy not in known:
-        close = difflib.get_close_matches(strategy, known, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else f"; Lightning's: auto, {', '.join(sorted(known))}."
-        return [f"$.trainer.strategy: unknown strategy {strategy!r}{hint}"]
-    cpu = trainer.accelerator == "cpu" or (trainer.accelerator == "auto" and not torch.cuda.is_available())
-    if strategy.startswith("fsdp") and cpu:
-        return [
-            f"$.trainer.strategy: {strategy!r} needs CUDA devices (Lightning runs FSDP on GPUs only); use 'ddp' on CPUs."
-        ]
-    return []
 
 
 def autocast_dtype(precision: str) -> torch.dtype | None:

@@ -40,6 +40,7 @@ class Case:
     spec_name: str = "spec.yaml"
     args: tuple[str, ...] = ()  # after `runner run SPEC` / `runner validate SPEC`
     hostile: bool = False
+    command: tuple[str, ...] | None = None  # another command instead of run/validate ({root}: the case folder)
 
 
 def stage(case: Case, root: Path) -> Path:
@@ -106,6 +107,15 @@ def alias_bomb(levels: int = 9) -> str:
     for i in range(1, levels + 1):
         lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
     return "\n".join(lines) + "\n"
+
+
+def empty_checkpoint() -> bytes:
+    """A checkpoint that loads with weights_only (what --resume checks first) and holds nothing."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save({"state_dict": {}}, buffer)
+    return buffer.getvalue()
 
 
 def valid_spec_text(extra: str = "") -> str:
@@ -225,7 +235,7 @@ BAD_DATA = [
         ("row 4", "null", "default('')"),
         task={"template": "t.jinja"},
         files={
-            "data/sentiment.jsonl": with_rows({3: {"title": None}}),
+            "data/sentiment.jsonl": with_rows({i: {"title": None if i == 3 else f"Review {i}"} for i in range(40)}),
             "templates/t.jinja": "{{ title }} Review: {{ text }}\n|||\n{{ sentiment }}\n",
         },
     ),
@@ -471,13 +481,13 @@ BAD_TEMPLATES = [
         "template_add_to_string",
         "a numeric template used on a text column",
         "{{ text + 1 }}\n|||\n{{ sentiment }}",
-        ("row 1", "t.jinja"),
+        ("rows 1, 2, 3", "t.jinja"),
     ),
     template_case(
         "template_divide_by_zero",
         "a ratio of two fields, one of them zero",
         "{{ 1 / 0 }} {{ text }}\n|||\n{{ sentiment }}",
-        ("row 1", "t.jinja"),
+        ("rows 1, 2, 3", "t.jinja"),
     ),
     template_case(
         "template_recursive_macro",
@@ -519,7 +529,7 @@ BAD_TEMPLATES = [
         "template_power_tower",
         "10 ** (10 ** 10)",
         "{{ 10 ** (10 ** 10) }}{{ text }}\n|||\n{{ sentiment }}",
-        ("t.jinja", "row 1"),
+        ("t.jinja", "row 1", "digits"),
     ),
     template_case(
         "template_doubling_concat",
@@ -543,7 +553,7 @@ BAD_TEMPLATES = [
         "template_sandbox_escape",
         "a template reaching for Python internals",
         "{{ ''.__class__.__mro__[1].__subclasses__() }}{{ text }}\n|||\n{{ sentiment }}",
-        ("t.jinja", "row 1"),
+        ("t.jinja", "rows 1, 2, 3"),
     ),
     template_case(
         "template_syntax",
@@ -554,5 +564,30 @@ BAD_TEMPLATES = [
     ),
 ]
 
-CASES = GOOD + BAD_DATA + BAD_SPECS + BAD_TEMPLATES
+BAD_RUN_FOLDERS = [
+    Case(
+        "experiment_folder_alias_bomb",
+        "bad",
+        "an experiment folder whose spec.yaml was replaced by a 'billion laughs' file",
+        ("spec.yaml", "aliases"),
+        files={
+            "exp/spec.yaml": valid_spec_text("\n" + alias_bomb()),
+            "exp/experiment.json": '{"runs": {"lora": "complete"}}',
+            "exp/variants/lora/report.json": "{}",
+        },
+        command=("compare", "{root}/exp"),
+        hostile=True,
+    ),
+    Case(
+        "resume_folder_alias_bomb",
+        "bad",
+        "--resume of a run folder whose spec.yaml is a 'billion laughs' file",
+        ("spec.yaml", "aliases"),
+        files={"old/spec.yaml": valid_spec_text("\n" + alias_bomb()), "old/checkpoints/last.ckpt": empty_checkpoint},
+        command=("run", "{spec}", "--resume", "{root}/old"),
+        hostile=True,
+    ),
+]
+
+CASES = GOOD + BAD_DATA + BAD_SPECS + BAD_TEMPLATES + BAD_RUN_FOLDERS
 BAD = [c for c in CASES if c.kind == "bad"]

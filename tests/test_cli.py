@@ -207,7 +207,7 @@ def test_bad_data_stops_before_training_with_exit_2(workdir, capsys):
     write_jsonl(workdir / "data" / "sentiment.jsonl", [{"text": "fine", "sentiment": "meh"}] * 20)
     assert main(["run", str(workdir / "spec.yaml")]) == 2
     err = capsys.readouterr().err
-    assert "row 1: completion 'meh' is not one of the task's labels" in err
+    assert "rows 1, 2, 3, 4, 5 and 15 more: completion 'meh' is not one of the task's labels" in err
     assert not (workdir / "runs").exists()  # stopped before a run folder was made
 
 

@@ -84,7 +84,8 @@ def test_template_without_separator_is_an_error(workdir):
     (workdir / "templates" / "nosep.jinja").write_text("{{ text }} {{ sentiment }}")
     with pytest.raises(DataError) as info:
         prepare_task(task_of(workdir, template="nosep.jinja"), seed=1)
-    assert info.value.problems[0] == "row 1: the template rendered no '|||' between prompt and completion."
+    assert info.value.problems[0].endswith(": the template rendered no '|||' between prompt and completion.")
+    assert info.value.problems[0].startswith("rows 1, 2, 3")
 
 
 def test_templates_run_in_a_sandbox(workdir):
@@ -174,4 +175,6 @@ def test_the_problem_count_counts_every_bad_row_not_only_those_shown(workdir, ca
     write_jsonl(workdir / "data" / "sentiment.jsonl", [{"text": f"row {i}", "sentiment": "meh"} for i in range(45)])
     assert main(["run", str(workdir / "spec.yaml")]) == 2
     err = capsys.readouterr().err
-    assert "is not a valid data set (45 problems):" in err and "... and 25 more bad rows." in err
+    assert "is not a valid data set (45 problems):" in err
+    # one line for the problem the 45 rows share, naming the first rows and the count of the rest
+    assert "rows 1, 2, 3, 4, 5 and 40 more: completion 'meh' is not one of the task's labels" in err

@@ -258,7 +258,9 @@ def test_a_task_added_on_the_primary_file_must_keep_its_split(workdir, tmp_path,
     )
     added = {"name": "length", "data": "data/sentiment.jsonl", "template": "length.jinja", "labels": ["yes", "no"]}
     spec = experiment_spec(workdir, variants=[{"name": "single"}, {"name": "multi", "add_tasks": [added]}])
-    assert main(["run", str(spec), "--output-dir", str(tmp_path / "out")]) == 2  # a located spec problem, found before any folder
+    assert (
+        main(["run", str(spec), "--output-dir", str(tmp_path / "out")]) == 2
+    )  # a located spec problem, found before any folder
     err = capsys.readouterr().err
     assert "run 'multi' splits the rows of task 'sentiment' differently from run 'single'" in err
     assert "same data.stratify_by" in err

@@ -12,8 +12,6 @@ import yaml
 from conftest import PROJECT, SHARED_DATA
 
 from runner.cli import main
-from runner.data import splits_record
-from runner.preflight import preflight
 from runner.spec import load_spec, schema_problems, to_jsonable
 
 SHIPPED = sorted((PROJECT / "experiments").glob("*.yaml"))
@@ -60,6 +58,8 @@ def test_run_folder_spec_reruns_the_run(path: Path, tmp_path: Path) -> None:
     assert "general" in written["evaluation"]["forgetting"]
     again = load_spec(folder / "spec.yaml")
     assert comparable(again) == comparable(spec)
-    # A rerun from it writes the same splits.json (what the run folder header holds).
-    (inputs,) = preflight(again, runs=[again], with_probes=False, enforce_checks=False)
-    assert splits_record(inputs.tasks, again.seed) == json.loads((folder / "splits.json").read_text())
+    # A rerun from it is the same run: the same splits.json, and the same spec.yaml again.
+    assert main(["run", str(folder / "spec.yaml"), "--output-dir", str(tmp_path / "again")]) == 0
+    rerun = run_folder(tmp_path / "again")
+    assert json.loads((rerun / "splits.json").read_text()) == json.loads((folder / "splits.json").read_text())
+    assert yaml.safe_load((rerun / "spec.yaml").read_text()) == written

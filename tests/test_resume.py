@@ -136,9 +136,7 @@ def test_resume_refuses_settings_that_change_training_and_allows_evaluation_ones
     args = ["run", str(spec), "--resume", str(run_dir)]
     assert main([*args, "--set", "training.learning_rate=0.5", "--set", "method.lora.r=4"]) == 2
     err = capsys.readouterr().err
-    assert (
-        "training.learning_rate: 0.001 in the run, 0.5 now" in err and "method.lora.r: 16 in the run, 4 now" in err
-    )
+    assert "training.learning_rate: 0.001 in the run, 0.5 now" in err and "method.lora.r: 16 in the run, 4 now" in err
     assert "Traceback" not in err
 
     write_jsonl(workdir / "data" / "sentiment.jsonl", sentiment_rows(41))  # one more row: other splits

@@ -14,7 +14,7 @@ import pytest
 from conftest import PROJECT
 from jinja2.sandbox import SandboxedEnvironment
 
-from runner.errors import DataError
+from runner.errors import TemplateFileError
 from runner.limits import Limits
 from runner.templating import TemplateProblem, compile_expression, load_template, render, template_environment
 
@@ -43,7 +43,7 @@ def timed_problem(source: str, row: dict | None = None) -> TemplateProblem:
 def test_include_import_from_and_extends_are_refused_by_line(tmp_path):
     path = tmp_path / "t.jinja"
     path.write_text("{% extends 'base' %}\n{% include 'a' %}\n{% import 'b' as b %}\n{% from 'c' import d %}\n")
-    with pytest.raises(DataError) as info:
+    with pytest.raises(TemplateFileError) as info:
         load_template(path)
     problems = info.value.problems
     assert [p.split(":")[0] for p in problems] == ["line 1", "line 2", "line 3", "line 4"]
@@ -54,7 +54,7 @@ def test_include_import_from_and_extends_are_refused_by_line(tmp_path):
 def test_syntax_error_is_located(tmp_path):
     path = tmp_path / "t.jinja"
     path.write_text("Q: {{ q }}\n|||\n{% if x %}{{ a }\n")
-    with pytest.raises(DataError) as info:
+    with pytest.raises(TemplateFileError) as info:
         load_template(path)
     assert info.value.problems[0].startswith("line 3: Jinja syntax error:")
 
@@ -62,17 +62,17 @@ def test_syntax_error_is_located(tmp_path):
 def test_unknown_filter_is_a_located_syntax_error(tmp_path):
     path = tmp_path / "t.jinja"
     path.write_text("{{ q }}\n|||\n{{ a | nosuch }}\n")
-    with pytest.raises(DataError, match="line 3: Jinja syntax error: No filter named 'nosuch'"):
+    with pytest.raises(TemplateFileError, match="line 3: Jinja syntax error: No filter named 'nosuch'"):
         load_template(path)
 
 
 def test_non_utf8_and_missing_files_are_data_errors(tmp_path):
     path = tmp_path / "t.jinja"
     path.write_bytes(b"Q: {{ q }}\n\xff\xfe|||\n")
-    with pytest.raises(DataError) as info:
+    with pytest.raises(TemplateFileError) as info:
         load_template(path)
     assert info.value.problems == ["line 2: the template is not UTF-8 text (byte 0xff); save it as UTF-8."]
-    with pytest.raises(DataError, match="cannot read the template"):
+    with pytest.raises(TemplateFileError, match="cannot read the template"):
         load_template(tmp_path / "absent.jinja")
 
 

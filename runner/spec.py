@@ -1080,10 +1080,7 @@ def _build_spec(filled: dict, base_dir: Path, source_path: Path | None) -> Spec:
         "output_dir": (base_dir / filled["output_dir"]).resolve(),
         "model": {**filled["model"], "source": _model_source(filled["model"]["source"], base_dir)},
         "source_path": source_path,
-        "written": {
-            **written,
-            "training": {**written["training"], "learning_rate": training["learning_rate"], "seed": training["seed"]},
-        },  # fmt: skip
+        "written": written,
     }
     values.pop("$schema", None)
     return _build(Spec, values)
@@ -1154,6 +1151,10 @@ def written_spec(spec: Spec) -> dict:
     if not spec.is_experiment:  # a single run (or one run of an experiment): no experiment keys
         for key in EXPERIMENT_KEYS:
             out.pop(key, None)
+        # What defaults to something computed is written out; in an experiment it stays null,
+        # since each variant resolves its own (a `full` variant its own learning rate).
+        out["training"]["learning_rate"] = spec.training.learning_rate
+        out["training"]["seed"] = spec.training.seed
     return out
 
 
@@ -1260,7 +1261,9 @@ def to_jsonable(spec: Spec) -> dict:
 
     def plain(v):
         if dataclasses.is_dataclass(v):
-            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v) if f.name not in ("raw", "runs")}
+            return {
+                f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v) if f.name not in ("written", "runs")
+            }
         if isinstance(v, (tuple, list)):
             return [plain(x) for x in v]
         if isinstance(v, Path):

@@ -443,6 +443,20 @@ BAD_SPECS = [
         spec_text=valid_spec_text("# " + "x" * 5_000_000 + "\n"),
     ),
     Case(
+        "target_modules_the_model_lacks",
+        "bad",
+        "LoRA target_modules copied from a Mistral recipe (gate_proj is there, w1 is not)",
+        ("$.method.lora.target_modules", "w1"),
+        spec={"method": {"kind": "lora", "lora": {"target_modules": ["q_proj", "w1"]}}},
+    ),
+    Case(
+        "train_rows_above_the_split",
+        "bad",
+        "training.train_rows set for the full data set, above what the train split holds",
+        ("$.training.train_rows", "28"),
+        spec={"training": {"epochs": 1, "batch_size": 8, "learning_rate": 1e-3, "train_rows": 1000}},
+    ),
+    Case(
         "fsdp_cpu_and_bad_data_at_once",
         "bad",
         "a spec with a strategy, a method setting and a data row wrong: all three in one message",

@@ -63,3 +63,19 @@ def test_run_folder_spec_reruns_the_run(path: Path, tmp_path: Path) -> None:
     rerun = run_folder(tmp_path / "again")
     assert json.loads((rerun / "splits.json").read_text()) == json.loads((folder / "splits.json").read_text())
     assert yaml.safe_load((rerun / "spec.yaml").read_text()) == written
+
+
+@pytest.mark.parametrize("name", ["ticket_urgency.yaml", "ticket_urgency_compare.yaml"])
+def test_validate_prints_a_spec_that_loads_to_the_same_run(name: str, tmp_path: Path, capsys) -> None:
+    """What `runner validate` prints is itself a valid spec, resolving to the same spec."""
+    path = PROJECT / "experiments" / name
+    assert main(["validate", str(path), *TINY]) == 0
+    printed = capsys.readouterr().out
+    written = yaml.safe_load(printed)
+    assert schema_problems(written) == []
+    (tmp_path / "printed.yaml").write_text(printed)
+    again, spec = load_spec(tmp_path / "printed.yaml"), load_spec(path, TINY[1::2])
+    # Variants hold their add_tasks as written (the paths absolute now): compared as the runs they make.
+    assert {**comparable(again), "variants": None} == {**comparable(spec), "variants": None}
+    assert [comparable(r) for r in again.runs] == [comparable(r) for r in spec.runs]
+    assert [r.run for r in again.runs] == [r.run for r in spec.runs]

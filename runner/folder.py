@@ -85,7 +85,7 @@ def last_checkpoint(run_dir: Path) -> Path:
 
 # Settings a resumed run may change: they do not change what training computes.
 RESUMABLE_CHANGES = ("name", "description", "output_dir", "evaluation", "checkpointing", "data_checks",
-                     "comparison", "limits", "trainer.log_every_n_steps")  # fmt: skip
+                     "comparison", "limits", "trainer.log_every_n_steps", "trainer.collective_timeout")  # fmt: skip
 
 
 def input_fingerprints(spec: Spec, tasks: list) -> dict:

@@ -225,6 +225,7 @@ class TrainerSpec:
     num_nodes: int
     precision: str
     log_every_n_steps: int
+    collective_timeout: float = 30.0  # minutes
 
 
 @dataclass(frozen=True)

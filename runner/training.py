@@ -6,7 +6,9 @@ vocabulary head applied only at completion positions (`runner.forward`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import inspect
 import os
 import random
 import signal
@@ -29,6 +31,7 @@ from lightning.pytorch.callbacks import (
     TQDMProgressBar,
 )
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import ParallelStrategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, Sampler
 from torchmetrics.aggregation import MeanMetric
@@ -38,7 +41,7 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 from runner.data import IGNORE_INDEX, Collator, Encoder, Example, TaskData, sample_indices
 from runner.errors import Interrupted, RunnerError
 from runner.forward import completion_targets, completion_token_losses
-from runner.spec import ReplaySpec, Spec, TrainingSpec
+from runner.spec import ReplaySpec, Spec, TrainerSpec, TrainingSpec
 
 
 @dataclass
@@ -170,6 +173,11 @@ class FineTuneData(L.LightningDataModule):
             lengths=[len(r["input_ids"]) for r in rows] if self.group_by_length else None,
             batch_size=self.batch_size,
         )
+        # Each rank draws its own share of every epoch's order (runner shards, not Lightning:
+        # Lightning's wrapper would reshuffle the order and undo the length grouping), so the
+        # ranks' batches together are the one-process run's batches of batch_size x ranks.
+        if self.trainer is not None and self.trainer.world_size > 1:
+            sampler.shard(self.trainer.global_rank, self.trainer.world_size)
         if self.resume_at:
             sampler.skip = (self.resume_at["epoch"], self.resume_at["batches"] * self.batch_size)
             self.resume_at = None
@@ -273,12 +281,18 @@ class MixtureSampler(Sampler[int]):
         self.lengths, self.batch_size = lengths, batch_size
         self.epoch = 0
         self.skip: tuple[int, int] | None = None  # (epoch, rows): once, where a resumed epoch continues
+        self.rank, self.ranks = 0, 1
+
+    def shard(self, rank: int, ranks: int) -> None:
+        """Yield only rank `rank`'s share of each epoch: every `ranks`-th row of the order,
+        padded (from its start) to a multiple of `ranks` so that every rank runs as many batches."""
+        self.rank, self.ranks = rank, ranks
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return sum(self.quotas)
+        return -(-sum(self.quotas) // self.ranks)
 
     def __iter__(self):
         chosen: list[int] = []
@@ -297,6 +311,9 @@ class MixtureSampler(Sampler[int]):
         else:
             order = torch.randperm(len(chosen), generator=generator).tolist()
         rows = [chosen[i] for i in order]
+        if self.ranks > 1:
+            rows += rows[: -len(rows) % self.ranks]  # every rank the same number of rows
+            rows = rows[self.rank :: self.ranks]
         if self.skip is not None and self.skip[0] == self.epoch:
             rows = rows[self.skip[1] :]  # already trained before the run was stopped
         self.skip = None
@@ -340,6 +357,7 @@ class FineTuner(L.LightningModule):
         self.history: dict[int, dict[str, float]] = {}
         self._rng_to_restore: dict | None = None
         self.resumed_from_step: int | None = None
+        self.micro_batch_counts: list[int] = []  # per training batch on this rank (tests show ranks differ)
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         # Restored here, not on load: creating the data loader's iterator draws from the
@@ -350,18 +368,31 @@ class FineTuner(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         spec = self.training_spec
+        strategy = self.trainer.strategy
         targets = count_targets(batch)
-        weight = target_weight(batch)  # = targets unless class_balance is 'loss'
+        # The loss is a mean over the (weighted) completion tokens of the whole global batch:
+        # every rank divides by the sum over ranks, and scales by the world size, since DDP
+        # averages the ranks' gradients. A rank with more target tokens weighs more, exactly as
+        # in one process with the global batch. One collective, reached by every rank each step.
+        weight = float(strategy.reduce(torch.tensor(target_weight(batch), device=self.device), reduce_op="sum"))
+        scale = self.trainer.world_size / max(weight, 1e-9) / spec.gradient_accumulation
+        steps_now = (batch_idx + 1) % spec.gradient_accumulation == 0 or self.trainer.is_last_batch
+        parts = micro_batches(batch, spec.max_batch_tokens)
         total = torch.zeros((), device=batch["input_ids"].device)
-        for part in micro_batches(batch, spec.max_batch_tokens):
+        for i, part in enumerate(parts):
             losses, rows = completion_token_losses(self.model, part)
             if "weight" in part:
                 losses = losses * part["weight"][rows]
-            # Summed over the micro-batch, divided by the whole batch's (weighted) target
-            # count: the gradients add up to those of the batch's mean loss, however it was split.
-            self.manual_backward(losses.sum() / max(weight, 1e-9) / spec.gradient_accumulation)
+            # Gradients are synchronised once per optimizer step, on the step's last backward:
+            # ranks split their batches into different numbers of micro-batches (by their own
+            # token counts), and a sync per backward would pair one rank's second micro-batch
+            # with another's next step and hang. Lightning's block_backward_sync is DDP's no_sync.
+            with backward_sync(strategy, enabled=steps_now and i == len(parts) - 1):
+                self.manual_backward(losses.sum() * scale)
             total += losses.detach().sum()
-        loss = total / max(weight, 1e-9)
+        # The global mean loss: every rank sees the same value, so a NaN stops all ranks at
+        # the same step instead of one rank raising while the others wait in the next collective.
+        loss = strategy.reduce(total, reduce_op="sum") / max(weight, 1e-9)
         if not torch.isfinite(loss):
             # Before the optimizer step: the weights are still those of the last good step.
             raise RunnerError(
@@ -370,12 +401,13 @@ class FineTuner(L.LightningModule):
                 "checkpoints/last.ckpt is the last good checkpoint. Lower training.learning_rate or set "
                 "training.gradient_clip (with bf16, try trainer.precision: 32-true)."
             )
-        if (batch_idx + 1) % spec.gradient_accumulation == 0 or self.trainer.is_last_batch:
+        if steps_now:
             optimizer = self.optimizers()
             self.clip_gradients(optimizer, gradient_clip_val=spec.gradient_clip, gradient_clip_algorithm="norm")
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             self.lr_schedulers().step()
+        self.micro_batch_counts.append(len(parts))
         self.train_loss.update(loss, weight=targets)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         if self.trainer.is_last_batch:
@@ -482,14 +514,15 @@ class LastCheckpoint(Checkpoint):
         self._saved_at = time.monotonic()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        if STOP.signum is not None:
-            self.save(trainer)
-            raise Interrupted(STOP.signum)
-        if trainer.is_last_batch:
-            return  # the epoch's end saves it
         by_steps = self.every_n_steps and trainer.global_step > 0 and trainer.global_step % self.every_n_steps == 0
         by_time = self.every_seconds and time.monotonic() - self._saved_at >= self.every_seconds
-        if by_steps or by_time:
+        # Saving is a collective (a barrier on every rank): every rank must decide alike, but a
+        # signal may reach one rank only (or each at another step) and the ranks' clocks differ.
+        stop, due = agree(trainer, STOP.signum is not None, bool(by_steps or by_time) and not trainer.is_last_batch)
+        if stop:
+            self.save(trainer)
+            raise Interrupted(STOP.signum or signal.SIGTERM)
+        if due:  # the epoch's end saves the last batch's state
             self.save(trainer)
 
     def on_train_epoch_end(self, trainer, module) -> None:
@@ -501,6 +534,30 @@ class LastCheckpoint(Checkpoint):
         if trainer.is_global_zero:
             os.replace(partial, self.path)
         self._saved_at = time.monotonic()
+
+
+def agree(trainer, *flags: bool) -> tuple[bool, ...]:
+    """Flags true on any rank, true on every rank: one small collective that all ranks reach."""
+    if trainer.world_size == 1:
+        return flags
+    values = torch.tensor([float(f) for f in flags], device=trainer.strategy.root_device)
+    summed = trainer.strategy.reduce(values, reduce_op="sum")
+    return tuple(bool(v > 0) for v in summed.tolist())
+
+
+def make_strategy(trainer: TrainerSpec):
+    """The Lightning strategy by name, with trainer.collective_timeout where the strategy takes
+    a process-group timeout (DDP, FSDP): a rank that never arrives then fails the run instead
+    of hanging it."""
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    name = trainer.strategy
+    if name == "auto" or name not in StrategyRegistry:
+        return name
+    entry = StrategyRegistry[name]
+    if "timeout" not in inspect.signature(entry["strategy"].__init__).parameters:
+        return name
+    return entry["strategy"](**entry["init_params"], timeout=timedelta(minutes=trainer.collective_timeout))
 
 
 class StepTimer(Callback):
@@ -569,6 +626,23 @@ def available_memory() -> float:
     except OSError:
         pass
     return float("inf")
+
+
+def backward_sync(strategy, enabled: bool):
+    """A context in which a backward pass synchronises gradients across ranks (`enabled`) or
+    only accumulates them locally (Lightning's block_backward_sync, DDP's no_sync); strategies
+    without ranks always just accumulate."""
+    if enabled or not isinstance(strategy, ParallelStrategy):
+        return contextlib.nullcontext()
+    # DDP and FSDP (every strategy runner accepts; DeepSpeed is refused) wrap the module in a
+    # class with no_sync(); Lightning's block_backward_sync covers DDP alone.
+    model = strategy.model
+    if not hasattr(model, "no_sync"):
+        raise RunnerError(
+            f"trainer.strategy {type(strategy).__name__}: its model has no no_sync(), so gradients cannot be "
+            "accumulated over micro-batches without a sync per backward; use 'ddp' or 'fsdp'."
+        )
+    return model.no_sync()
 
 
 def target_weight(batch: dict) -> float:
@@ -686,7 +760,7 @@ def build_trainer(
     trainer = L.Trainer(
         accelerator=spec.trainer.accelerator,
         devices=list(spec.trainer.devices) if isinstance(spec.trainer.devices, tuple) else spec.trainer.devices,
-        strategy=spec.trainer.strategy,
+        strategy=make_strategy(spec.trainer),
         num_nodes=spec.trainer.num_nodes,
         precision=resolve_precision(spec.trainer.precision, spec.trainer.accelerator),
         max_epochs=training.epochs,
@@ -700,6 +774,9 @@ def build_trainer(
         callbacks=callbacks,
         default_root_dir=str(run_dir),
         enable_model_summary=False,
+        # Training rows are sharded by runner's own sampler (see FineTuneData.train_dataloader);
+        # validation runs whole on every rank, so every rank computes the same monitor value.
+        use_distributed_sampler=False,
     )
     return trainer, checkpoint, early
 
@@ -716,6 +793,10 @@ def fit(
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True if resume_from else None)
     except SIGTERMException:  # Lightning's own exit on SIGTERM (a SystemExit, code 0): a stop
         raise Interrupted(signal.SIGTERM) from None
+    except Exception as exc:
+        if trainer.world_size > 1 and is_timeout(exc):
+            raise collective_timeout_error(spec, trainer, run_dir) from None
+        raise
     finally:
         STOP.training = False
     seconds = time.perf_counter() - started
@@ -746,6 +827,24 @@ def fit(
         global_steps=trainer.global_step,
     )
     return result, trainer
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """A collective that waited past the process group's timeout (gloo and NCCL word it alike)."""
+    text = f"{type(exc).__name__} {exc}".lower()
+    return "timed out" in text or "timeout" in text or "watchdog" in text
+
+
+def collective_timeout_error(spec: Spec, trainer: L.Trainer, run_dir: Path) -> RunnerError:
+    """What a hang became: where, the likely causes, and how to continue."""
+    source = spec.source_path or "SPEC"
+    return RunnerError(
+        f"training stopped: rank {trainer.global_rank} waited more than trainer.collective_timeout "
+        f"({spec.trainer.collective_timeout:g} min) for the other ranks at step {trainer.global_step} (epoch "
+        f"{trainer.current_epoch}). Likely another rank died, hung or ran out of memory (see its log), or the "
+        "ranks run different code or data. checkpoints/last.ckpt is the last saved state; continue with: "
+        f"runner run {source} --resume {run_dir}"
+    )
 
 
 def load_weights(module: FineTuner, checkpoint: Path) -> None:

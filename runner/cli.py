@@ -64,13 +64,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--run-dir",
         type=Path,
         metavar="DIR",
-        help="use this run folder (the same on every rank of a multi-process run started by torchrun, srun, ...)",
+        help="use this run folder (the same on every rank of a multi-process run started by torchrun, srun, ...); "
+        "for an experiment, the experiment folder that several jobs share: created by the first, joined by the "
+        "others (same spec only); the job that completes the last run writes the comparison",
     )
     run.add_argument(
         "--only",
         action="append",
         metavar="NAME",
         help="an experiment: run only this variant (or run); repeatable",
+    )
+    run.add_argument(
+        "--run-index",
+        type=int,
+        action="append",
+        metavar="N",
+        help="an experiment: run only its run number N (0-based, in the order runner validate lists them), "
+        "e.g. --run-index $SLURM_ARRAY_TASK_ID; repeatable, combines with --only",
+    )
+    run.add_argument(
+        "--reclaim",
+        action="store_true",
+        help="an experiment: also train runs marked running by a job on another machine (one that is gone; "
+        "a job on this machine is checked, one elsewhere cannot be)",
     )
     run.set_defaults(func=cmd_run)
 
@@ -187,15 +203,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.resume is not None and not args.resume.is_dir():
         raise RunnerError(f"--resume {args.resume}: not a run folder.")
     if spec.is_experiment:
-        from runner.experiment import run_experiment_runs
+        from runner.experiment import experiment_complete, run_experiment_runs
 
-        parent = run_experiment_runs(spec, output_dir=args.output_dir, resume=args.resume, only=args.only)
-        print((parent / "comparison.md").read_text())
-        print(f"Comparison: {parent / 'comparison.html'}; runs in {parent / 'variants'}")
+        if args.resume is not None and args.run_dir is not None:
+            raise RunnerError("--resume and --run-dir both name the experiment folder; give one of them.")
+        parent = run_experiment_runs(
+            spec,
+            output_dir=args.output_dir,
+            resume=args.resume,
+            only=args.only,
+            run_dir=args.run_dir,
+            indices=args.run_index,
+            reclaim=args.reclaim,
+        )
+        # A shared folder's comparison is the whole experiment's: printed once every run is complete
+        # (run_experiment_runs has said which are not).
+        if (parent / "comparison.md").is_file() and (args.run_dir is None or experiment_complete(parent)):
+            print((parent / "comparison.md").read_text())
+            print(f"Comparison: {parent / 'comparison.html'}; runs in {parent / 'variants'}")
         print(f"TensorBoard (HParams compares the runs): tensorboard --logdir {parent / 'variants'}")
         return 0
-    if args.only:
-        raise RunnerError("--only names runs of an experiment; this spec has no variants, seeds or curve.")
+    if args.only or args.run_index or args.reclaim:
+        raise RunnerError(
+            "--only, --run-index and --reclaim pick runs of an experiment; this spec has no variants, seeds or curve."
+        )
     run_dir = run_experiment(spec, output_dir=args.output_dir, resume=args.resume, run_dir=args.run_dir)
     if is_rank_zero():  # other ranks of a multi-process strategy have trained; rank 0 reports
         print_summary(run_dir)

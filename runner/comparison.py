@@ -100,6 +100,9 @@ def compare(parent: Path) -> dict:
         "best": best.name if best else None,
         "base": base_lines_of(done, primary),
         "variants": entries,
+        # Runs without a complete report (pending, running elsewhere, failed): the comparison
+        # covers the complete ones only, and says so.
+        "incomplete": {name: state for v in variants for name, state in v.statuses.items() if state != "complete"},
         "curve": curve_points(variants, entries, primary),
         "recommendation": recommend(entries, best.name if best else None, margin, n_rows, base_lines_of(done, primary)),
     }
@@ -406,6 +409,15 @@ def document(result: dict, pngs: dict) -> list[tuple]:
             f"({result['best']}); non-inferiority margin {result['margin'] * 100:g} points of {metric}.",
         ),
     ]
+    if result.get("incomplete"):
+        missing = ", ".join(f"{name} ({state})" for name, state in result["incomplete"].items())
+        blocks.append(
+            (
+                "p",
+                f"**Not complete:** {missing}. This comparison covers the complete runs only; "
+                f"`runner compare {result['folder']}` writes it again once they are.",
+            )
+        )
     names = list(result["variants"])
     rows = []
     for name in names:

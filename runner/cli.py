@@ -189,7 +189,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"# {args.spec}: valid (data, templates, model and settings checked). The resolved spec,")
     print("# defaults filled in and paths absolute; itself a valid spec:")
     if spec.is_experiment:
-        print(f"# An experiment of {len(spec.runs)} runs: {', '.join(r.run.name for r in spec.runs)}.")
+        runs = ", ".join(f"{i} {r.run.name}" for i, r in enumerate(spec.runs))
+        print(f"# An experiment of {len(spec.runs)} runs (--run-index, --only): {runs}.")
     print(yaml.safe_dump(written_spec(spec), sort_keys=False), end="")
     return 0
 

@@ -125,6 +125,15 @@ def valid_spec_text(extra: str = "") -> str:
 
 
 TEMPLATE_TASK = {"template": "t.jinja"}
+ISSUES_TASK = {"data": "data/issues.csv", "template": "issue.jinja"}
+
+
+def issue_files(long_chars: int, empty_titles: int = 0) -> Files:
+    """The GitHub-issues export and a template showing its title and body."""
+    return {
+        "data/issues.csv": github_issues_csv(long_chars, empty_titles=empty_titles),
+        "templates/issue.jinja": "Title: {{ title }}\nBody: {{ body }}\nSentiment:\n|||\n{{ sentiment }}\n",
+    }
 
 
 def template_case(id: str, instance: str, text: str, expect: tuple[str, ...], hostile: bool = True) -> Case:
@@ -141,11 +150,8 @@ GOOD = [
         "a GitHub-issues CSV export where two issues carry a 150 KB pasted log",
         ("Title: Issue",),
         spec={"model": {"source": "random-tiny", "max_length": 1024}},
-        task={"data": "data/issues.csv", "template": "issue.jinja"},
-        files={
-            "data/issues.csv": github_issues_csv(150_000),
-            "templates/issue.jinja": "Title: {{ title }}\nBody: {{ body }}\nSentiment:\n|||\n{{ sentiment }}\n",
-        },
+        task=ISSUES_TASK,
+        files=issue_files(150_000),
     ),
     Case(
         "csv_field_2mb",
@@ -153,22 +159,16 @@ GOOD = [
         "a JIRA export with a 2 MB description field",
         ("Title: Issue",),
         spec={"model": {"source": "random-tiny", "max_length": 1024}},
-        task={"data": "data/issues.csv", "template": "issue.jinja"},
-        files={
-            "data/issues.csv": github_issues_csv(2_000_000),
-            "templates/issue.jinja": "Title: {{ title }}\nBody: {{ body }}\nSentiment:\n|||\n{{ sentiment }}\n",
-        },
+        task=ISSUES_TASK,
+        files=issue_files(2_000_000),
     ),
     Case(
         "csv_empty_cells",
         "good",
         "support tickets where 107 of 5,431 have no title: empty cells render empty and are counted",
         ("Body:", "field 'title' is empty in 5 of 40 rows"),
-        task={"data": "data/issues.csv", "template": "issue.jinja"},
-        files={
-            "data/issues.csv": github_issues_csv(100, empty_titles=5),
-            "templates/issue.jinja": "Title: {{ title }}\nBody: {{ body }}\nSentiment:\n|||\n{{ sentiment }}\n",
-        },
+        task=ISSUES_TASK,
+        files=issue_files(100, empty_titles=5),
         args=("--split", "train"),
     ),
     Case(
@@ -288,11 +288,8 @@ BAD_DATA = [
         "a CSV cell of 5,000 characters with limits.field_chars lowered to 1,000",
         ("limits.field_chars", "body"),
         spec={"limits": {"field_chars": 1000}},
-        task={"data": "data/issues.csv", "template": "issue.jinja"},
-        files={
-            "data/issues.csv": github_issues_csv(5000),
-            "templates/issue.jinja": "Title: {{ title }}\nBody: {{ body }}\nSentiment:\n|||\n{{ sentiment }}\n",
-        },
+        task=ISSUES_TASK,
+        files=issue_files(5000),
     ),
     Case(
         "file_over_limit",
@@ -300,11 +297,8 @@ BAD_DATA = [
         "a data file larger than limits.file_mb",
         ("limits.file_mb",),
         spec={"limits": {"file_mb": 0.001}},
-        task={"data": "data/issues.csv", "template": "issue.jinja"},
-        files={
-            "data/issues.csv": github_issues_csv(5000),
-            "templates/issue.jinja": "Title: {{ title }}\nBody: {{ body }}\nSentiment:\n|||\n{{ sentiment }}\n",
-        },
+        task=ISSUES_TASK,
+        files=issue_files(5000),
     ),
     Case(
         "glob_matches_nothing",

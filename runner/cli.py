@@ -175,9 +175,9 @@ def add_overrides(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from runner.builders import quiet_libraries
     from runner.inputs import print_findings
     from runner.preflight import preflight
-    from runner.run import quiet_libraries
     from runner.spec import load_spec, written_spec
 
     quiet_libraries()
@@ -288,8 +288,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from runner.builders import quiet_libraries
     from runner.prediction import predict
-    from runner.run import quiet_libraries
 
     quiet_libraries()
     summary = predict(args.run_dir, args.input, args.output, args.task, args.format)
@@ -302,8 +302,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from runner.builders import quiet_libraries
     from runner.export import export
-    from runner.run import quiet_libraries
 
     quiet_libraries()
     out = export(args.run_dir, args.merged or args.adapter, merged=args.merged is not None)

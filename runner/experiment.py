@@ -78,7 +78,7 @@ def run_experiment_runs(
         The experiment folder.
     """
     from runner.preflight import preflight
-    from runner.run import quiet_libraries
+    from runner.builders import quiet_libraries
 
     quiet_libraries()
     runs = selected_runs(spec, only, indices)

@@ -19,7 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from runner.errors import RunnerError
-from runner.spec import DEFAULT_MODEL, RANDOM_TINY
+from runner.sources import DEFAULT_MODEL, RANDOM_TINY
 
 log = logging.getLogger(__name__)
 

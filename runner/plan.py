@@ -30,7 +30,7 @@ SAMPLE_ROWS = 16  # rows (or items) timed per scoring unit
 
 def plan(spec: Spec) -> dict:
     """Steps, parameters, and estimated wall time and peak memory of `runner run SPEC`."""
-    from runner.run import make_datamodule, prepared_model, quiet_libraries, trainable_module
+    from runner.builders import make_datamodule, prepared_model, quiet_libraries, trainable_module
 
     quiet_libraries()
     started = time.perf_counter()

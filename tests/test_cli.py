@@ -317,3 +317,20 @@ def test_resume_from_a_damaged_checkpoint_is_a_clear_error(classification_run, t
 
 def predictions_of(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+
+
+def test_resume_with_another_number_of_ranks_is_refused(classification_run, tmp_path, capsys):
+    """A checkpoint's data position is per rank: a run trained on 2 ranks does not continue on 1."""
+    import shutil
+
+    import torch
+
+    run_dir, root = classification_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    last = copy / "checkpoints" / "last.ckpt"
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    state["runner"]["world_size"] = 2  # as a two-rank DDP run saves it
+    torch.save(state, last)
+    assert main(["run", str(root / "spec.yaml"), "--resume", str(copy)]) == 1
+    assert "this run trained on 2 rank(s), and this resume has 1" in capsys.readouterr().err

@@ -77,8 +77,8 @@ def run_experiment_runs(
     Returns:
         The experiment folder.
     """
-    from runner.preflight import preflight
     from runner.builders import quiet_libraries
+    from runner.preflight import preflight
 
     quiet_libraries()
     runs = selected_runs(spec, only, indices)

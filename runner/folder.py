@@ -107,8 +107,6 @@ def resume_problems(run_dir: Path, spec: Spec, fingerprints: dict) -> tuple[list
         before = read_spec_file(run_dir / "spec.yaml")
     except SpecError as exc:
         return [f"{run_dir / 'spec.yaml'}: {p}" for p in exc.problems], []
-    if not isinstance(before, dict):
-        return [f"{run_dir / 'spec.yaml'}: not a spec; this is not a run folder runner wrote."], []
     # Folders written before spec.yaml became a re-runnable spec hold the typed form.
     written = to_jsonable(spec) if "source_path" in before else written_spec(spec)
     now = json.loads(json.dumps(written, default=str))

@@ -63,7 +63,7 @@ def strategy_problems(trainer: TrainerSpec) -> list[str]:
     from lightning.pytorch.strategies import StrategyRegistry
 
     known = StrategyRegistry.available_strategies()
-    if strategy != "auto" and strategy not in known:
+    if strategy not in known:
         close = difflib.get_close_matches(strategy, known, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else f"; Lightning's: auto, {', '.join(sorted(known))}."
         return [f"$.trainer.strategy: unknown strategy {strategy!r}{hint}"]

@@ -1087,9 +1087,9 @@ def _build_spec(filled: dict, base_dir: Path, source_path: Path | None) -> Spec:
 
 def _written(filled: dict, base_dir: Path) -> dict:
     """The filled spec as a user would write it, valid against the schema, with every path made
-    absolute (so it re-runs from the run folder) and what defaults to something computed written
-    out (the learning rate, the training seed, the primary task). The built-in forgetting suite
-    stays a name and max_time keeps the unit it was given in."""
+    absolute (so it re-runs from the run folder), the primary task named and only the chosen
+    method's section kept. The built-in forgetting suite stays a name and max_time keeps the
+    unit it was given in; written_spec adds a run's learning rate and training seed."""
     out = copy.deepcopy(filled)
     out.pop("$schema", None)
     out["output_dir"] = str((base_dir / filled["output_dir"]).resolve())

@@ -175,10 +175,11 @@ def add_overrides(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from runner.builders import quiet_libraries
     from runner.inputs import print_findings
     from runner.preflight import preflight
-    from runner.spec import load_spec, written_spec
+    from runner.spec.load import load_spec
+    from runner.spec.written import written_spec
+    from runner.training.setup import quiet_libraries
 
     quiet_libraries()
     spec = load_spec(args.spec, args.overrides)
@@ -196,15 +197,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from runner.ranks import is_rank_zero
-    from runner.run import run_experiment
-    from runner.spec import load_spec
+    from runner.flows.run import run_spec
+    from runner.rundir.ranks import is_rank_zero
+    from runner.spec.load import load_spec
 
     spec = load_spec(args.spec, args.overrides)
     if args.resume is not None and not args.resume.is_dir():
         raise RunnerError(f"--resume {args.resume}: not a run folder.")
     if spec.is_experiment:
-        from runner.experiment import experiment_complete, run_experiment_runs
+        from runner.flows.experiment import experiment_complete, run_experiment_runs
 
         if args.resume is not None and args.run_dir is not None:
             raise RunnerError("--resume and --run-dir both name the experiment folder; give one of them.")
@@ -228,27 +229,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise RunnerError(
             "--only, --run-index and --reclaim pick runs of an experiment; this spec has no variants, seeds or curve."
         )
-    run_dir = run_experiment(spec, output_dir=args.output_dir, resume=args.resume, run_dir=args.run_dir)
+    run_dir = run_spec(spec, output_dir=args.output_dir, resume=args.resume, run_dir=args.run_dir)
     if is_rank_zero():  # other ranks of a multi-process strategy have trained; rank 0 reports
         print_summary(run_dir)
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from runner.run import eval_experiment
-    from runner.spec import load_spec
+    from runner.flows.evaluate import evaluate_spec
+    from runner.spec.load import load_spec
 
     spec = load_spec(args.spec, args.overrides)
     if args.checkpoint is not None and not args.checkpoint.exists():
         raise RunnerError(f"--checkpoint {args.checkpoint}: not found.")
-    run_dir = eval_experiment(spec, None if args.base else args.checkpoint, output_dir=args.output_dir)
+    run_dir = evaluate_spec(spec, None if args.base else args.checkpoint, output_dir=args.output_dir)
     print_summary(run_dir)
     return 0
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
-    from runner.preview import preview
-    from runner.spec import load_spec
+    from runner.flows.preview import preview
+    from runner.spec.load import load_spec
 
     spec = load_spec(args.spec, args.overrides)
     print(preview(spec, args.rows, args.split, args.json))
@@ -256,12 +257,12 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from runner.plan import plan, plan_text
-    from runner.spec import load_spec
+    from runner.flows.plan import plan, plan_text
+    from runner.spec.load import load_spec
 
     spec = load_spec(args.spec, args.overrides)
     if spec.is_experiment:
-        from runner.plan import experiment_plan_text, plan_experiment
+        from runner.flows.plan import experiment_plan_text, plan_experiment
 
         result = plan_experiment(spec)
         print(json.dumps(result, indent=2) if args.json else experiment_plan_text(result))
@@ -272,14 +273,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from runner.comparison import is_experiment
+    from runner.report.comparison import is_experiment
 
     if len(args.run_dirs) == 1 and is_experiment(args.run_dirs[0]):
-        from runner.comparison import write_comparison as write_experiment_comparison
+        from runner.report.comparison import write_comparison as write_experiment_comparison
 
         md_path, html_path, markdown = write_experiment_comparison(args.run_dirs[0])
     else:
-        from runner.compare import write_comparison
+        from runner.flows.compare import write_comparison
 
         md_path, html_path, markdown = write_comparison(args.run_dirs, args.output)
     print(markdown)
@@ -288,8 +289,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from runner.builders import quiet_libraries
-    from runner.prediction import predict
+    from runner.flows.predict import predict
+    from runner.training.setup import quiet_libraries
 
     quiet_libraries()
     summary = predict(args.run_dir, args.input, args.output, args.task, args.format)
@@ -302,8 +303,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from runner.builders import quiet_libraries
-    from runner.export import export
+    from runner.flows.export import export
+    from runner.training.setup import quiet_libraries
 
     quiet_libraries()
     out = export(args.run_dir, args.merged or args.adapter, merged=args.merged is not None)
@@ -313,7 +314,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from runner.runs import runs_table
+    from runner.flows.runs import runs_table
 
     if not args.folder.is_dir():
         raise RunnerError(f"{args.folder}: no such folder; give the output_dir of your specs (runner runs DIR).")
@@ -322,7 +323,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def print_summary(run_dir: Path) -> None:
-    from runner.report import summary_table
+    from runner.report.document import summary_table
 
     report_path = run_dir / "report.json"
     if report_path.is_file():
@@ -334,7 +335,7 @@ def print_summary(run_dir: Path) -> None:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from runner.spec import SCHEMA_PATH
+    from runner.spec.types import SCHEMA_PATH
 
     print(SCHEMA_PATH.read_text(), end="")
     return 0

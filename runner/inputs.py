@@ -11,16 +11,18 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from runner import checks
-from runner.data import Encoder, Example, TaskData, prepare_data, prepare_replay
+from runner.data import checks
+from runner.data.encode import Encoder
+from runner.data.examples import Example, TaskData
+from runner.data.prepare import prepare_data, prepare_replay
+from runner.data.truncation import Fitter, fit_tasks
 from runner.errors import ProblemsError, RunnerError, SpecError, collect, raise_all
-from runner.methods import method_problems
-from runner.model import load_tokenizer, model_config
-from runner.spec import Spec
-from runner.truncation import Fitter, fit_tasks
+from runner.model.load import load_tokenizer, model_config
+from runner.model.methods import method_problems
+from runner.spec.types import Spec
 
 if TYPE_CHECKING:
-    from runner.probes import ProbeData
+    from runner.evaluation.probes import ProbeData
 
 
 @dataclass
@@ -48,7 +50,7 @@ def prepare_inputs(spec: Spec, with_probes: bool = True, enforce_checks: bool = 
         collect(errors, check_train_rows, spec, tasks)
     probes = []
     if with_probes:
-        from runner.probes import load_probe  # scoring code (and Lightning) only when probes are wanted
+        from runner.evaluation.probes import load_probe  # scoring code (and Lightning) only when probes are wanted
 
         probes = [collect(errors, load_probe, p, spec.limits) for p in spec.evaluation.forgetting]
     problems = method_problems(spec.method, model_config(spec.model.source))

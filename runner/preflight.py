@@ -12,12 +12,12 @@ when an earlier one failed.
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 
 from runner.errors import ProblemsError, SpecError, collect, raise_all
 from runner.inputs import Inputs, prepare_inputs
-from runner.spec import Spec, TrainerSpec
+from runner.spec.checks import strategy_problems
+from runner.spec.types import Spec
 
 
 def preflight(
@@ -42,7 +42,9 @@ def preflight(
     if strategy:
         errors.append(SpecError(where, list(dict.fromkeys(strategy))))
     if writes:
-        from runner.folder import check_writable  # the run folder's code (and its plotting) only when one is made
+        from runner.rundir.folder import (
+            check_writable,  # the run folder's code (and its plotting) only when one is made
+        )
 
         collect(errors, check_writable, output_dir or spec.output_dir)
     inputs = [collect(errors, prepare_inputs, run, with_probes, enforce_checks) for run in runs]
@@ -52,34 +54,11 @@ def preflight(
     return inputs
 
 
-def strategy_problems(trainer: TrainerSpec) -> list[str]:
-    """The Lightning strategy, checked before any work: a name Lightning knows, and FSDP only
-    where Lightning runs it (CUDA devices). Otherwise the Trainer refuses it after minutes of
-    data preparation and base scoring."""
-    strategy = trainer.strategy
-    if strategy == "auto":  # the default: nothing to check, and Lightning need not be imported
-        return []
-    import torch
-    from lightning.pytorch.strategies import StrategyRegistry
-
-    known = StrategyRegistry.available_strategies()
-    if strategy not in known:
-        close = difflib.get_close_matches(strategy, known, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else f"; Lightning's: auto, {', '.join(sorted(known))}."
-        return [f"$.trainer.strategy: unknown strategy {strategy!r}{hint}"]
-    cpu = trainer.accelerator == "cpu" or (trainer.accelerator == "auto" and not torch.cuda.is_available())
-    if strategy.startswith("fsdp") and cpu:
-        return [
-            f"$.trainer.strategy: {strategy!r} needs CUDA devices (Lightning runs FSDP on GPUs only); use 'ddp' on CPUs."
-        ]
-    return []
-
-
 def check_shared_split(spec: Spec, runs: list[Spec], inputs: list[Inputs]) -> None:
     """Every run of an experiment holds the same primary-task rows in train, val and test: the
     base scores and the paired comparison rest on it. A task added on the primary task's file
     changes how that file is stratified unless both name the same data.stratify_by."""
-    from runner.data import splits_record
+    from runner.data.split import splits_record
 
     problems = []
     reference = None

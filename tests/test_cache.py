@@ -13,9 +13,10 @@ import torch
 from conftest import base_spec, make_workdir, write_jsonl, write_spec
 from transformers import LlamaModel
 
-import runner.run
-from runner import cache
+import runner.flows.evaluate
+import runner.flows.run
 from runner.cli import main
+from runner.evaluation import cache
 
 BASE_RUNGS = ("base_zero_shot", "base_few_shot")
 PROBES = ("mc", "ppl", "gen")
@@ -106,14 +107,15 @@ class ModelCalls:
 
 def timed_score_base(monkeypatch) -> list[float]:
     seconds = []
-    original = runner.run.score_base
+    original = runner.evaluation.scoring.score_base
 
     def score_base(*args, **kwargs):
         started = time.perf_counter()
         original(*args, **kwargs)
         seconds.append(time.perf_counter() - started)
 
-    monkeypatch.setattr(runner.run, "score_base", score_base)
+    monkeypatch.setattr(runner.flows.run, "score_base", score_base)
+    monkeypatch.setattr(runner.flows.evaluate, "score_base", score_base)
     return seconds
 
 
@@ -227,6 +229,22 @@ def test_a_change_to_scoring_code_is_a_miss(workdir, tmp_path, warm, monkeypatch
     monkeypatch.setattr(cache, "code_digest", lambda: "an edited evaluation.py")
     report, _ = eval_base(spec_file(workdir), tmp_path / "out")
     assert cached_units(report) == {}
+
+
+def test_an_edit_under_the_evaluation_package_is_a_miss_and_one_under_report_is_not(
+    workdir, tmp_path, warm, monkeypatch
+):
+    """The fingerprint reads the scoring code in every package (not a flat folder): a faithful copy
+    of runner/ hits, a comment added to evaluation/rungs.py misses, one in report/ still hits."""
+    copy = tmp_path / "runner"
+    shutil.copytree(cache.RUNNER_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(cache, "RUNNER_DIR", copy)
+    spec = spec_file(workdir)
+    assert set(cached_units(eval_base(spec, tmp_path / "copy")[0])) == set(BASE_RUNGS)
+    (copy / "report" / "document.py").write_text((copy / "report" / "document.py").read_text() + "\n# edited\n")
+    assert set(cached_units(eval_base(spec, tmp_path / "report")[0])) == set(BASE_RUNGS)
+    (copy / "evaluation" / "rungs.py").write_text((copy / "evaluation" / "rungs.py").read_text() + "\n# edited\n")
+    assert cached_units(eval_base(spec, tmp_path / "evaluation")[0]) == {}
 
 
 def test_a_corrupt_cache_file_is_a_miss_and_is_replaced(workdir, tmp_path, warm):

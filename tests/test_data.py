@@ -9,20 +9,16 @@ from pathlib import Path
 import pytest
 from conftest import base_spec, sentiment_rows, write_jsonl, write_spec
 
-from runner.data import (
-    IGNORE_INDEX,
-    Encoder,
-    Example,
-    TaskData,
-    collate,
-    prepare_task,
-    read_rows,
-    split_indices,
-)
+from runner.data.encode import IGNORE_INDEX, Encoder, collate
+from runner.data.examples import Example, TaskData
+from runner.data.mixture import FineTuneData
+from runner.data.prepare import prepare_task
+from runner.data.read import read_rows
+from runner.data.split import split_indices
 from runner.errors import DataError
-from runner.model import byte_tokenizer
-from runner.spec import DataSource, load_spec
-from runner.training import FineTuneData
+from runner.model.tiny import byte_tokenizer
+from runner.spec.load import load_spec
+from runner.spec.types import DataSource
 
 
 def task_of(workdir: Path, **task_overrides):

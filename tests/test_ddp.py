@@ -95,9 +95,9 @@ def micro_batch_counts(spec: Path) -> list[list[int]]:
     from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 
     from runner.preflight import preflight
-    from runner.run import make_datamodule
-    from runner.spec import load_spec
-    from runner.training import micro_batches
+    from runner.spec.load import load_spec
+    from runner.training.module import micro_batches
+    from runner.training.setup import make_datamodule
 
     loaded = load_spec(spec)
     (inputs,) = preflight(loaded, with_probes=False, enforce_checks=False)

@@ -37,8 +37,8 @@ def test_the_demo_split_is_stable():
     splitting code must not move them silently."""
     import hashlib
 
-    from runner.data import prepare_data
-    from runner.spec import load_spec
+    from runner.data.prepare import prepare_data
+    from runner.spec.load import load_spec
 
     data = prepare_data(load_spec(PROJECT / "experiments" / "ticket_urgency.yaml"))[0]
     rows = [e.row for e in data.test]

@@ -11,15 +11,17 @@ import pytest
 import torch
 from conftest import base_spec, sentiment_rows, write_jsonl, write_spec
 
-from runner import comparison, stats
 from runner.cli import main
+from runner.data.mixture import MixtureSampler, epoch_quotas, mean_targets
 from runner.errors import SpecError
-from runner.evaluation import Evaluator
+from runner.evaluation.evaluator import Evaluator
 from runner.inputs import prepare_inputs
-from runner.report import peak_rss_mb, reset_peak_rss
-from runner.run import make_datamodule
-from runner.spec import ReplaySpec, load_spec
-from runner.training import MixtureSampler, epoch_quotas, mean_targets
+from runner.report import recommend as comparison
+from runner.report import uncertainty as stats
+from runner.spec.load import load_spec
+from runner.spec.types import ReplaySpec
+from runner.training.memory import peak_rss_mb, reset_peak_rss
+from runner.training.setup import make_datamodule
 
 
 def experiment_spec(workdir: Path, **extra) -> Path:
@@ -138,17 +140,17 @@ def test_training_seeds_change_training_not_the_splits_or_base(workdir):
 
 
 def test_a_failed_run_keeps_the_others_and_a_rerun_finishes_only_it(workdir, tmp_path, monkeypatch, capsys):
-    import runner.run
+    import runner.flows.run
 
     spec = experiment_spec(workdir, variants=[{"name": "a"}, {"name": "b", "set": {"method.lora.r": 2}}, {"name": "c"}])
-    real_fit = runner.run.fit
+    real_fit = runner.training.trainer.fit
 
     def fit_failing_for_b(module, datamodule, spec, run_dir, resume_from):
         if run_dir.name == "b":
             raise RuntimeError("out of memory (simulated)")
         return real_fit(module, datamodule, spec, run_dir, resume_from)
 
-    monkeypatch.setattr(runner.run, "fit", fit_failing_for_b)
+    monkeypatch.setattr(runner.flows.run, "fit", fit_failing_for_b)
     assert main(["run", str(spec), "--output-dir", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert "1 of 3 runs failed" in err and "b: RuntimeError: out of memory (simulated)" in err
@@ -164,7 +166,7 @@ def test_a_failed_run_keeps_the_others_and_a_rerun_finishes_only_it(workdir, tmp
     first = json.loads((parent / "comparison.json").read_text())
     assert "cost" not in first["variants"]["b"] and "cost" in first["variants"]["a"]
 
-    monkeypatch.setattr(runner.run, "fit", real_fit)
+    monkeypatch.setattr(runner.flows.run, "fit", real_fit)
     assert main(["run", str(spec), "--resume", str(parent)]) == 0
     assert "a: complete already, kept" in capsys.readouterr().err
     assert {n: report(parent / "variants" / n)["finished_at"] for n in ("a", "c")} == finished  # untouched

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 from conftest import base_spec, make_workdir, sentiment_rows, write_jsonl, write_spec
 
-from runner import experiment
 from runner.cli import main
-from runner.spec import load_spec
+from runner.flows.experiment import finish_experiment, selected_runs
+from runner.rundir.experiment import claim_run, read_document, release_run, write_state
+from runner.spec.load import load_spec
 
 # What legitimately differs between two jobs running side by side and one process running both
 # runs, and why; every other value (accuracy, CIs, deltas, verdicts, parameters) must be equal.
@@ -136,7 +137,7 @@ def test_a_job_whose_runs_are_complete_keeps_them_and_writes_the_comparison(two_
 
 def test_run_index_out_of_range_lists_the_runs(two_jobs, capsys):
     spec = two_jobs["spec"]
-    assert [r.run.name for r in experiment.selected_runs(load_spec(spec), ["a"], [1])] == ["a", "b"]
+    assert [r.run.name for r in selected_runs(load_spec(spec), ["a"], [1])] == ["a", "b"]
     assert main(["run", str(spec), "--run-dir", str(two_jobs["root"] / "x"), "--run-index", "2"]) == 1
     err = capsys.readouterr().err
     assert "--run-index 2: out of range; tiny has 2 runs, numbered 0 to 1" in err
@@ -167,10 +168,10 @@ def test_compare_and_the_last_job_say_which_runs_are_missing(two_jobs, tmp_path,
     copy = tmp_path / "exp"
     shutil.copytree(two_jobs["shared"], copy)
     shutil.rmtree(copy / "variants" / "b")
-    experiment.write_state(copy, {"a": "complete", "b": "pending"}, {})
+    write_state(copy, {"a": "complete", "b": "pending"}, {})
     # A job that finished its runs while others are not done leaves the comparison to the last.
     (copy / "comparison.json").unlink()
-    assert experiment.finish_experiment(copy, spec, shared=True) is False
+    assert finish_experiment(copy, spec, shared=True) is False
     err = capsys.readouterr().err
     assert "Not complete yet: b (pending)." in err and f"runner compare {copy}" in err
     assert not (copy / "comparison.json").exists()
@@ -185,7 +186,7 @@ def test_compare_and_the_last_job_say_which_runs_are_missing(two_jobs, tmp_path,
 
 def claimed_folder(tmp_path: Path, claim: dict) -> Path:
     (tmp_path / "variants").mkdir()
-    experiment.write_state(tmp_path, {"a": "running"}, {"a": claim})
+    write_state(tmp_path, {"a": "running"}, {"a": claim})
     return tmp_path
 
 
@@ -198,23 +199,23 @@ def dead_pid() -> int:
 def test_a_run_claimed_by_a_live_job_here_is_skipped(tmp_path):
     here = socket.gethostname()
     parent = claimed_folder(tmp_path, {"host": here, "pid": os.getppid(), "since": "then"})
-    assert "being trained by pid" in experiment.claim_run(parent, "a", reclaim=False)
-    assert experiment.read_document(parent)["claims"]["a"]["pid"] == os.getppid()
+    assert "being trained by pid" in claim_run(parent, "a", reclaim=False)
+    assert read_document(parent)["claims"]["a"]["pid"] == os.getppid()
 
 
 def test_a_run_claimed_by_a_job_that_is_gone_is_claimed_again(tmp_path, capsys):
     parent = claimed_folder(tmp_path, {"host": socket.gethostname(), "pid": dead_pid(), "since": "then"})
-    assert experiment.claim_run(parent, "a", reclaim=False) is None
+    assert claim_run(parent, "a", reclaim=False) is None
     assert "is gone; training it again" in capsys.readouterr().err
-    claim = experiment.read_document(parent)["claims"]["a"]
+    claim = read_document(parent)["claims"]["a"]
     assert claim["pid"] == os.getpid() and claim["host"] == socket.gethostname()
-    experiment.release_run(parent, "a", "failed")
-    assert experiment.read_document(parent) == {"runs": {"a": "failed"}, "claims": {}}
+    release_run(parent, "a", "failed")
+    assert read_document(parent) == {"runs": {"a": "failed"}, "claims": {}}
 
 
 def test_another_machines_claim_is_trusted_unless_reclaimed(tmp_path):
     parent = claimed_folder(tmp_path, {"host": "node-elsewhere", "pid": 1, "since": "then"})
-    why = experiment.claim_run(parent, "a", reclaim=False)
+    why = claim_run(parent, "a", reclaim=False)
     assert "another machine" in why and "--reclaim" in why
-    assert experiment.claim_run(parent, "a", reclaim=True) is None
-    assert experiment.read_document(parent)["claims"]["a"]["host"] == socket.gethostname()
+    assert claim_run(parent, "a", reclaim=True) is None
+    assert read_document(parent)["claims"]["a"]["host"] == socket.gethostname()

@@ -18,7 +18,7 @@ import torch
 from conftest import base_spec, write_jsonl, write_spec
 
 from runner.cli import main
-from runner.methods import METHODS
+from runner.model.methods import METHODS
 
 TOLERANCE = 1e-3  # label log-likelihoods, fp32 (rounded to 4 decimals in predictions.jsonl)
 
@@ -36,7 +36,7 @@ def fine_tuned_rows(run_dir: Path) -> list[dict]:
 def reference_logprobs(model, run_dir: Path, prompt: str) -> dict[str, float]:
     """Each label's summed log-probability after the prompt: the model's own forward, one
     unpadded sequence per label, no runner scoring code."""
-    from runner.data import Encoder
+    from runner.data.encode import Encoder
 
     inference = json.loads((run_dir / "inference.json").read_text())
     entry = inference["tasks"][inference["primary_task"]]
@@ -118,7 +118,7 @@ def test_export_reloads_in_plain_transformers_or_peft_with_the_same_scores(metho
     if method.adapter:
         from peft import PeftModel
 
-        from runner.model import load_model
+        from runner.model.load import load_model
 
         assert main(["export", str(run_dir), "--adapter", str(adapter)]) == 0
         base, _ = load_model("random-tiny", 7)

@@ -6,10 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from runner.data import Encoder, Example, collate
-from runner.evaluation import Evaluator, classification_metrics, normalize_answer
-from runner.forward import completion_logprobs
-from runner.model import random_tiny
+from runner.data.encode import Encoder, collate
+from runner.data.examples import Example
+from runner.evaluation.evaluator import Evaluator
+from runner.evaluation.metrics import classification_metrics, normalize_answer
+from runner.model.forward import completion_logprobs
+from runner.model.tiny import random_tiny
 
 
 def test_classification_metrics_match_hand_computation():
@@ -124,9 +126,9 @@ def test_prompt_tuning_virtual_tokens_are_part_of_the_loss():
 
 
 def test_tfidf_baseline_learns_a_word_level_task_and_gives_probabilities(workdir):
-    from runner.data import prepare_data
-    from runner.evaluation import tfidf_baseline
-    from runner.spec import load_spec
+    from runner.data.prepare import prepare_data
+    from runner.evaluation.rungs import tfidf_baseline
+    from runner.spec.load import load_spec
 
     data = prepare_data(load_spec(workdir / "spec.yaml"))[0]  # sentiment decided by one word
     metrics, records = tfidf_baseline(data)
@@ -139,7 +141,7 @@ def test_tfidf_baseline_learns_a_word_level_task_and_gives_probabilities(workdir
 
 
 def test_per_class_recall_interval_is_wide_for_a_small_class():
-    from runner import stats
+    from runner.report import uncertainty as stats
 
     gold = torch.tensor([0] * 90 + [1] * 10)
     preds = gold.clone()
@@ -157,7 +159,7 @@ def test_per_class_recall_interval_is_wide_for_a_small_class():
 
 
 def test_calibration_error_by_direct_computation():
-    from runner import stats
+    from runner.report import uncertainty as stats
 
     confidence = torch.tensor([0.95, 0.95, 0.95, 0.95, 0.55, 0.55])
     correct = torch.tensor([1, 1, 1, 0, 1, 0])
@@ -169,7 +171,7 @@ def test_calibration_error_by_direct_computation():
 
 
 def test_token_f1_is_squads_partial_credit():
-    from runner.evaluation import token_f1
+    from runner.evaluation.metrics import token_f1
 
     assert token_f1("in 1905", "1905") == pytest.approx(2 / 3)
     assert token_f1("The Eiffel Tower.", "eiffel tower") == 1.0  # case, articles, punctuation

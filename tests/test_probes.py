@@ -10,13 +10,14 @@ import torch
 import torch.nn.functional as F
 from conftest import base_spec, write_jsonl, write_spec
 
-from runner import stats
 from runner.cli import main
-from runner.data import Encoder
-from runner.evaluation import Evaluator, classification_metrics, kl_divergence
-from runner.model import random_tiny
-from runner.probes import answer_matches, drift, load_probe, run_probe
-from runner.spec import load_spec
+from runner.data.encode import Encoder
+from runner.evaluation.evaluator import Evaluator
+from runner.evaluation.metrics import classification_metrics, kl_divergence
+from runner.evaluation.probes import answer_matches, drift, load_probe, run_probe
+from runner.model.tiny import random_tiny
+from runner.report import uncertainty as stats
+from runner.spec.load import load_spec
 
 
 def tiny_evaluator(seed: int = 0, max_length: int = 64, batch_size: int = 3) -> Evaluator:
@@ -194,7 +195,7 @@ def test_bootstrap_f1_and_accuracy_agree_with_the_point_metrics():
 
 
 def test_forgetting_sentence_tells_forgetting_shift_and_none_apart():
-    from runner.report import forgetting_sentence
+    from runner.report.document import forgetting_sentence
 
     mc = {
         "kind": "multiple_choice",

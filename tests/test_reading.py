@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from runner import reading
+from runner.data import read as reading
+from runner.data.read import read_rows, read_text
 from runner.errors import DataError
 from runner.limits import Limits
-from runner.reading import read_rows, read_text
-from runner.spec import DataSource
+from runner.spec.types import DataSource
 
 
 def rows_of(path: Path, fmt: str = "auto", limits: Limits | None = None) -> list[dict]:

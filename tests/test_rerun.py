@@ -12,7 +12,9 @@ import yaml
 from conftest import PROJECT, SHARED_DATA
 
 from runner.cli import main
-from runner.spec import load_spec, schema_problems, to_jsonable
+from runner.spec.load import load_spec
+from runner.spec.messages import schema_problems
+from runner.spec.written import to_jsonable
 
 SHIPPED = sorted((PROJECT / "experiments").glob("*.yaml"))
 # A tiny run of any shipped spec: the random model, one step, a few scored rows. The forgetting

@@ -71,7 +71,7 @@ def test_sigint_mid_training_checkpoints_and_resume_covers_every_epoch(workdir):
     assert report["status"] == "interrupted" and f"--resume {run_dir}" in report["error"]
     assert (run_dir / "report.md").is_file() and (run_dir / "report.html").is_file()
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
-    from runner.runs import runs_table
+    from runner.flows.runs import runs_table
 
     line = next(line for line in runs_table(workdir / "runs").splitlines() if "interrupted" in line)
     assert f"runner run {spec} --resume {run_dir}" in line
@@ -105,7 +105,7 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
     run_dir = wait_for_checkpoint(proc, killed / "runs")
     proc.kill()  # SIGKILL: no handler runs, the last periodic checkpoint is all there is
     proc.wait()
-    from runner.runs import runs_table
+    from runner.flows.runs import runs_table
 
     table = runs_table(killed / "runs")  # the report still says running; its process is gone
     assert "stopped" in table and f"--resume {run_dir}" in table

@@ -53,13 +53,13 @@ def test_a_rank_that_cannot_name_the_run_folder_says_how(workdir, monkeypatch, c
 def test_under_an_external_launcher_rank_0_scores_the_base_model_after_training(workdir, monkeypatch):
     """torchrun/srun start every rank at once: the others wait in the process group's setup
     while rank 0 works, so rank 0 must reach training without scoring the base model first."""
-    import runner.run
+    import runner.flows.run
 
     monkeypatch.setenv("WORLD_SIZE", "2")  # as a launcher sets it; this process stays rank 0
     monkeypatch.setenv("RUNNER_RUN_ID", "ordering")
     monkeypatch.delenv("RUNNER_RUN_DIR", raising=False)
     seen = {}
-    real_fit = runner.run.fit
+    real_fit = runner.training.trainer.fit
 
     def fit(module, datamodule, spec, run_dir, resume_from=None):
         report = json.loads((run_dir / "report.json").read_text())
@@ -67,7 +67,7 @@ def test_under_an_external_launcher_rank_0_scores_the_base_model_after_training(
         monkeypatch.setenv("WORLD_SIZE", "1")  # train alone: no second process exists here
         return real_fit(module, datamodule, spec, run_dir, resume_from)
 
-    monkeypatch.setattr(runner.run, "fit", fit)
+    monkeypatch.setattr(runner.flows.run, "fit", fit)
     raw = base_spec()
     raw["training"]["epochs"] = 1
     raw["evaluation"]["baselines"] = ["majority", "base_zero_shot", "fine_tuned"]

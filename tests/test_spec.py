@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from conftest import PROJECT, SHARED_DATA, base_spec, write_spec
 
-from runner import spec as spec_module
 from runner.errors import SpecError
-from runner.spec import Spec, load_spec, schema
+from runner.spec import types as spec_module
+from runner.spec.load import load_spec
+from runner.spec.types import Spec, schema
 
 
 def problems_of(path: Path, overrides=()) -> list[str]:
@@ -159,7 +160,7 @@ def test_dataclasses_and_schema_stay_in_step():
         assert fields == set(properties) - schema_only, cls.__name__
     assert all(typing.get_type_hints(Spec))
     # Methods: the schema's kinds are the table's, and each settings section belongs to one.
-    from runner.methods import METHODS
+    from runner.model.methods import METHODS
 
     method = props["method"]["properties"]
     assert method["kind"]["enum"] == list(METHODS)

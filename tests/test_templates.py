@@ -9,7 +9,8 @@ import json
 import pytest
 from conftest import PROJECT, SHARED_DATA
 
-from runner.data import load_template, render_example
+from runner.data.examples import render_example
+from runner.data.templates import load_template
 
 TEMPLATES = PROJECT / "templates"
 

@@ -14,9 +14,10 @@ import pytest
 from conftest import PROJECT
 from jinja2.sandbox import SandboxedEnvironment
 
+from runner.data.sandbox import TemplateProblem, template_environment
+from runner.data.templates import compile_expression, load_template, render
 from runner.errors import TemplateFileError
 from runner.limits import Limits
-from runner.templating import TemplateProblem, compile_expression, load_template, render, template_environment
 
 LIMITS = Limits(template_seconds=0.4)
 ROW = {"id": 7, "title": "Héllo wörld", "body": "Some text.", "subtitle": None, "q": {"stem": "Why?", "choices": []}}
@@ -259,7 +260,8 @@ def test_hostile_renders_stay_small_in_memory():
     code = r"""
 import json, resource, sys
 from runner.limits import Limits
-from runner.templating import TemplateProblem, render, template_environment
+from runner.data.sandbox import TemplateProblem, template_environment
+from runner.data.templates import render
 limits = Limits(template_seconds=0.3)
 sources = [
     "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",

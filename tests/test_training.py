@@ -10,10 +10,12 @@ import torch
 from conftest import base_spec, write_jsonl, write_spec
 
 from runner.cli import main
-from runner.data import Encoder, Example, TaskData, collate
-from runner.forward import completion_token_losses
-from runner.model import byte_tokenizer, random_tiny
-from runner.training import FineTuneData, count_targets, micro_batches
+from runner.data.encode import Encoder, collate
+from runner.data.examples import Example, TaskData
+from runner.data.mixture import FineTuneData
+from runner.model.forward import completion_token_losses
+from runner.model.tiny import byte_tokenizer, random_tiny
+from runner.training.module import count_targets, micro_batches
 
 
 def ragged_batch(tokenizer, lengths: list[int]) -> dict:
@@ -56,7 +58,7 @@ def test_length_grouped_batches_pad_less_and_still_cover_every_row(workdir):
     tokenizer = byte_tokenizer()
     encoder = Encoder(tokenizer, max_length=256, chat_template=False)
     examples = [Example("t", i, "x" * ((i * 37) % 200 + 1), "yes", 0) for i in range(160)]
-    from runner.spec import load_spec
+    from runner.spec.load import load_spec
 
     task = load_spec(workdir / "spec.yaml").tasks[0]
     data = TaskData(task, examples, examples[:8], examples[:8])
@@ -100,7 +102,7 @@ def test_max_time_stops_training_and_still_reports(workdir):
 
 @pytest.mark.parametrize("value,seconds", [(2, 120.0), (0.5, 30.0), ("01:30:00", 5400.0), ("1:00:00:05", 86405.0)])
 def test_max_time_reads_minutes_or_clock_time(workdir, value, seconds):
-    from runner.spec import load_spec
+    from runner.spec.load import load_spec
 
     spec = base_spec()
     spec["training"]["max_time"] = value
@@ -109,7 +111,7 @@ def test_max_time_reads_minutes_or_clock_time(workdir, value, seconds):
 
 
 def test_fast_dropout_has_dropouts_distribution_and_gradient():
-    from runner.model import FastDropout
+    from runner.model.dropout import FastDropout
 
     torch.manual_seed(0)
     dropout = FastDropout(0.1).train()
@@ -139,10 +141,11 @@ def lora_settings(**changes) -> dict:
 
 
 def test_lora_uses_fast_dropout_and_merged_adapters_score_the_same():
-    from runner.evaluation import Evaluator
-    from runner.methods import apply_method
-    from runner.model import FastDropout, merged_adapters
-    from runner.spec import MethodSpec
+    from runner.evaluation.evaluator import Evaluator
+    from runner.model.dropout import FastDropout
+    from runner.model.load import merged_adapters
+    from runner.model.methods import apply_method
+    from runner.spec.types import MethodSpec
 
     model, tokenizer = random_tiny(seed=2)
     model = apply_method(model, MethodSpec("lora", lora_settings(dropout=0.1)))
@@ -163,8 +166,8 @@ def test_lora_uses_fast_dropout_and_merged_adapters_score_the_same():
 
 
 def lora_tiny(seed: int = 6):
-    from runner.methods import apply_method
-    from runner.spec import MethodSpec
+    from runner.model.methods import apply_method
+    from runner.spec.types import MethodSpec
 
     model, tokenizer = random_tiny(seed=seed)
     method = MethodSpec("lora", lora_settings(dropout=0.0))
@@ -183,7 +186,7 @@ def lora_gradients(model, batch) -> dict[str, torch.Tensor]:
 def test_activation_checkpointing_gives_the_same_gradients():
     import copy
 
-    from runner.training import use_activation_checkpointing
+    from runner.training.memory import use_activation_checkpointing
 
     plain, tokenizer = lora_tiny()
     checkpointed = copy.deepcopy(plain)  # the same adapters (peft draws lora_A at random)
@@ -198,7 +201,7 @@ def test_activation_checkpointing_gives_the_same_gradients():
 
 
 def test_activation_checkpointing_auto_turns_on_only_when_memory_is_short(monkeypatch):
-    from runner import training as training_module
+    from runner.training import memory as training_module
 
     training = type("T", (), {"activation_checkpointing": "auto", "max_batch_tokens": 1024, "batch_size": 8})()
     model, _ = lora_tiny()
@@ -210,7 +213,7 @@ def test_activation_checkpointing_auto_turns_on_only_when_memory_is_short(monkey
 
 def imbalanced_data(workdir, positives: int = 30, negatives: int = 6) -> tuple[TaskData, Encoder]:
     """A two-label task whose train split is 5:1 positive."""
-    from runner.spec import load_spec
+    from runner.spec.load import load_spec
 
     task = load_spec(workdir / "spec.yaml").tasks[0]  # labels: positive, negative
     train = [Example("sentiment", i, f"row {i}", "positive", 0) for i in range(positives)]
@@ -239,7 +242,7 @@ def test_class_balance_sample_draws_every_label_equally_each_epoch(workdir):
 
 
 def test_class_balance_loss_weights_each_label_the_same_in_total(workdir):
-    from runner.training import target_weight
+    from runner.training.module import target_weight
 
     data, encoder = imbalanced_data(workdir)
     dm = FineTuneData([data], encoder, batch_size=36, num_workers=0, seed=0, class_balance="loss")

@@ -19,15 +19,16 @@ import torch
 from conftest import PROJECT, base_spec, sentiment_rows, write_jsonl, write_spec
 
 from runner.cli import main
-from runner.data import prepare_data, splits_record
+from runner.data.prepare import prepare_data
+from runner.data.split import splits_record
+from runner.data.truncation import prefix_labels
 from runner.errors import DataError, SpecError
-from runner.evaluation import Evaluator
+from runner.evaluation.evaluator import Evaluator
 from runner.inputs import prepare_inputs
-from runner.model import random_tiny
-from runner.report import write_json
-from runner.run import make_datamodule
-from runner.spec import load_spec
-from runner.truncation import prefix_labels
+from runner.model.tiny import random_tiny
+from runner.rundir.folder import write_json
+from runner.spec.load import load_spec
+from runner.training.setup import make_datamodule
 
 LABELS = ["positive", "negative"]
 INSTRUCTION = "Classify the sentiment of this review."
@@ -670,12 +671,12 @@ def test_target_modules_that_the_model_lacks_stop_before_a_run_folder(workdir, c
 
 
 def test_failure_after_base_scoring_reports_the_error(workdir, capsys, monkeypatch):
-    import runner.run
+    import runner.flows.run
 
     def out_of_memory(*args, **kwargs):
         raise RuntimeError("out of memory (simulated)")
 
-    monkeypatch.setattr(runner.run, "apply_method", out_of_memory)
+    monkeypatch.setattr(runner.flows.run, "apply_method", out_of_memory)
     raw = base_spec()
     raw["evaluation"]["baselines"] = ["majority", "base_zero_shot", "fine_tuned"]
     assert main(["run", str(write_spec(workdir / "spec.yaml", raw))]) == 1

@@ -44,8 +44,8 @@ SAMPLE_EVERY = 0.5  # seconds between /proc samples
 def resolved_precision(spec: Path, overrides: list[str]) -> str:
     """The precision the run will use: the spec's trainer.precision, 'auto' resolved as runner does."""
     from runner.errors import RunnerError
-    from runner.spec import load_spec
-    from runner.training import resolve_precision
+    from runner.model.precision import resolve_precision
+    from runner.spec.load import load_spec
 
     try:
         loaded = load_spec(spec, overrides)

@@ -3,7 +3,7 @@
     python tests/benchmarks/eval_throughput.py [--source smollm2-135m-instruct] [--rows 100]
         [--mc-items 200] [--gen-rows 20] [--precision auto|bf16|fp32] [--repeats 2]
 
-Everything goes through runner's own `Evaluator`, built by `runner.scoring.make_evaluator` from
+Everything goes through runner's own `Evaluator`, built by `runner.evaluation.scoring.make_evaluator` from
 experiments/ticket_urgency.yaml, the way `runner run` builds it:
 
 - label scoring: `label_scores` over ticket test+val prompts, against one bare forward pass
@@ -32,12 +32,14 @@ from pathlib import Path
 import torch
 from machine import machine_lines
 
-from runner.data import load_template, render_example
-from runner.evaluation import Evaluator, left_pad
+from runner.data.examples import render_example
+from runner.data.templates import load_template
+from runner.evaluation.evaluator import Evaluator, left_pad
+from runner.evaluation.scoring import make_evaluator
 from runner.inputs import prepare_inputs
-from runner.model import load_model
-from runner.scoring import make_evaluator
-from runner.spec import SUITES_DIR, load_spec
+from runner.model.load import load_model
+from runner.spec.load import load_spec
+from runner.spec.types import SUITES_DIR
 
 PROJECT = Path(__file__).resolve().parents[2]
 ARC_DIR = PROJECT.parent / "shared" / "data" / "arc_easy"

@@ -12,7 +12,7 @@ def machine_lines(precision: str | None = None) -> list[str]:
     import torch
     import transformers
 
-    from runner.training import cpu_has_fast_bf16
+    from runner.model.precision import cpu_has_fast_bf16
 
     model = next(
         (line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines() if line.startswith("model name")),

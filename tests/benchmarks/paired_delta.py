@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from runner.stats import accuracy_samples, f1_macro_samples, interval, resample_indices
+from runner.report.uncertainty import accuracy_samples, f1_macro_samples, interval, resample_indices
 
 
 def predictions(run_dir: Path, rung: str) -> dict[str, dict[int, dict]]:

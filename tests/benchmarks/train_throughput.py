@@ -40,7 +40,7 @@ SOURCE = "smollm2-135m-instruct"
 
 
 def runner_spec(precision: str, batch: int, long_rows: Path | None):
-    from runner.spec import load_spec
+    from runner.spec.load import load_spec
 
     overrides = [f"trainer.precision={precision}", f"training.batch_size={batch}", "training.num_workers=0"]
     if long_rows is None:
@@ -56,9 +56,9 @@ def case_runner(method: str, precision: str, batch: int, steps: int, long_rows: 
     import lightning as L
 
     from runner.inputs import prepare_inputs
-    from runner.methods import apply_method
-    from runner.run import make_datamodule, prepared_model, trainable_module
-    from runner.training import timed_steps
+    from runner.model.methods import apply_method
+    from runner.training.setup import make_datamodule, prepared_model, trainable_module
+    from runner.training.trainer import timed_steps
 
     spec = runner_spec(precision, batch, long_rows)
     if method == "full":
@@ -89,9 +89,9 @@ def case_trl(precision: str, batch: int, steps: int, padding_free: bool) -> dict
     from peft import LoraConfig
     from transformers import TrainerCallback
 
-    from runner.data import IGNORE_INDEX
+    from runner.data.encode import IGNORE_INDEX
     from runner.inputs import prepare_inputs
-    from runner.run import prepared_model
+    from runner.training.setup import prepared_model
 
     spec = runner_spec(precision, batch, None)
     inputs = prepare_inputs(spec, with_probes=False, enforce_checks=False)
@@ -178,7 +178,7 @@ def case_trl(precision: str, batch: int, steps: int, padding_free: bool) -> dict
 
 
 def model_shapes():
-    from runner.model import load_model
+    from runner.model.load import load_model
 
     model, _ = load_model(SOURCE)
     config = model.config
@@ -266,7 +266,7 @@ def main() -> None:
     parser.add_argument("--long-rows", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    from runner.training import cpu_has_fast_bf16
+    from runner.model.precision import cpu_has_fast_bf16
 
     precision = {"bf16": "bf16-mixed", "fp32": "32-true"}.get(args.precision)
     if precision is None:

@@ -1,0 +1,137 @@
+"""Forgetting probes: the same general-ability measurements before and after fine-tuning.
+
+Kinds (see the schema's `$defs.probe`):
+- multiple_choice: log-likelihood of each choice after the prompt; `acc` takes the most
+  likely choice, `acc_norm` divides each log-likelihood by the choice's length in characters
+  first (the lm-evaluation-harness conventions).
+- generation: greedy answer to an instruction, checked by exact match or containment.
+- perplexity: exp(token-weighted mean negative log-likelihood) over non-overlapping windows of
+  model.max_length tokens.
+- drift: mean per-token KL(base || fine-tuned) of the next-token distributions on text, in
+  nats; far finer than accuracy on a few hundred items.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from runner.data.examples import render_example
+from runner.data.read import read_rows, read_text
+from runner.data.sandbox import TemplateProblem
+from runner.data.templates import compile_expression, load_template
+from runner.errors import DataError
+from runner.evaluation.evaluator import TEXT_WINDOWS, Evaluator
+from runner.evaluation.metrics import kl_divergence, normalize_answer
+from runner.limits import DEFAULT_LIMITS, Limits
+from runner.spec.types import ProbeSpec
+
+HEADLINE = {"multiple_choice": "acc", "generation": "accuracy", "perplexity": "perplexity", "drift": "kl_per_token"}
+
+
+HIGHER_IS_BETTER = {"acc": True, "accuracy": True, "perplexity": False, "kl_per_token": False}
+
+
+@dataclass
+class ProbeData:
+    """A probe's items, read and templated once, scored by any model."""
+
+    probe: ProbeSpec
+    prompts: list[str] = field(default_factory=list)
+    answers: list[str] = field(default_factory=list)
+    choices: list[list[str]] = field(default_factory=list)
+    gold: list[int] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)
+    text: str = ""
+
+
+def load_probe(probe: ProbeSpec, limits: Limits = DEFAULT_LIMITS) -> ProbeData:
+    """Read and template a probe's data; bad rows are reported all at once."""
+    data = ProbeData(probe)
+    if probe.kind in ("perplexity", "drift"):
+        data.text = read_text(probe.data.path, limits)
+        return data
+    rows = read_rows(probe.data, limits)[: probe.max_items]
+    template = load_template(probe.template, limits)
+    where = f"{probe.data.describe()} (probe {probe.name!r})"
+    try:
+        choices_of = compile_expression(probe.choices, limits) if probe.choices else None
+    except TemplateProblem as exc:
+        raise DataError(where, [f"choices {probe.choices!r}: {exc}"]) from None
+    problems = []
+    for number, row in enumerate(rows, 1):
+        try:
+            prompt, answer = render_example(template, row, limits)
+            if choices_of is not None:
+                found = choices_of(**row)
+                if not isinstance(found, (list, tuple)):
+                    raise TemplateProblem(f"choices {probe.choices!r} gave {type(found).__name__}, expected a list.")
+                choices = [str(c).strip() for c in found]
+                if answer not in choices:
+                    raise TemplateProblem(f"the answer {answer!r} is not among the choices {choices}.")
+                data.choices.append(choices)
+                data.gold.append(choices.index(answer))
+        except TemplateProblem as exc:
+            problems.append(f"row {number}: {exc}")
+            if exc.fatal:
+                break
+            continue
+        data.prompts.append(prompt)
+        data.answers.append(answer)
+        data.checks.append(row.get("check") if row.get("check") in ("exact", "contains") else probe.match)
+    if problems:
+        raise DataError(where, problems[:20], total=len(problems))
+    return data
+
+
+def run_probe(evaluator: Evaluator, data: ProbeData) -> tuple[dict, torch.Tensor | None]:
+    """Metrics of one probe with one model, and the per-item 0/1 scores for paired bootstraps."""
+    kind = data.probe.kind
+    encoder = evaluator.encoder
+    if kind == "multiple_choice":
+        prompts = [encoder.prompt_ids(p) for p in data.prompts]
+        candidates = [[encoder.completion_ids(c, add_eos=False) for c in cs] for cs in data.choices]
+        scores = evaluator.candidate_scores(prompts, candidates)
+        gold = torch.tensor(data.gold)
+        raw = torch.tensor([int(s.argmax()) for s in scores])
+        lengths = [torch.tensor([max(len(c), 1) for c in cs], dtype=torch.float) for cs in data.choices]
+        norm = torch.tensor([int((s / n).argmax()) for s, n in zip(scores, lengths)])
+        correct = (raw == gold).float()
+        metrics = {"acc": float(correct.mean()), "acc_norm": float((norm == gold).float().mean()), "n": len(gold)}
+        metrics["chance"] = round(sum(1 / len(cs) for cs in data.choices) / len(data.choices), 4)
+        return metrics, correct
+    if kind == "generation":
+        outputs = evaluator.generate([encoder.prompt_ids(p) for p in data.prompts])
+        hits = torch.tensor(
+            [answer_matches(o, a, c) for o, a, c in zip(outputs, data.answers, data.checks)], dtype=torch.float
+        )
+        return {"accuracy": float(hits.mean()), "n": len(hits)}, hits
+    if kind == "perplexity":
+        windows = evaluator.text_windows(data.text, data.probe.max_tokens)
+        nll, tokens = evaluator.token_nll(windows)
+        return {"perplexity": math.exp(nll / tokens), "nll_per_token": nll / tokens, "tokens": tokens}, None
+    raise ValueError(f"run_probe does not score {kind!r} probes; see drift()")
+
+
+def drift(base: Evaluator, tuned: Evaluator, data: ProbeData) -> dict:
+    """Mean per-token KL(base || tuned) on the probe's text, both models on the same windows."""
+    windows = base.text_windows(data.text, data.probe.max_tokens)
+    total, tokens = 0.0, 0
+    # Full-vocabulary log-probabilities of two models at once are large (a 384-token window
+    # of a 49k vocabulary is 75 MB per model in fp32): a few windows at a time.
+    with tuned.progress(len(windows), unit="window") as bar:
+        for start in range(0, len(windows), TEXT_WINDOWS):
+            chunk = windows[start : start + TEXT_WINDOWS]
+            kl = kl_divergence(base.next_token_logprobs(chunk), tuned.next_token_logprobs(chunk))
+            total += float(kl.sum())
+            tokens += kl.numel()
+            bar.update(len(chunk))
+    return {"kl_per_token": total / tokens, "tokens": tokens}
+
+
+def answer_matches(output: str, answer: str, check: str) -> bool:
+    if check == "contains":
+        return normalize_answer(answer) in normalize_answer(output)
+    return normalize_answer(output) == normalize_answer(answer)

@@ -1,0 +1,91 @@
+"""`runner preview`: what the model will actually see, from the tokenizer alone, in seconds.
+
+For a few rows of a split: the exact token sequence decoded (chat framing included, after
+truncation), with the tokens that carry loss marked; then rows and token lengths per split,
+and the data checks.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+from runner.data.encode import IGNORE_INDEX
+from runner.data.examples import Example, TaskData
+from runner.inputs import Inputs
+from runner.preflight import preflight
+from runner.spec.types import Spec
+
+LOSS_OPEN, LOSS_CLOSE = "⟦", "⟧"  # around the tokens that carry loss
+
+
+def preview(spec: Spec, rows: int, split: str, as_json: bool) -> str:
+    """The preview as text (or JSON lines, one object per row)."""
+    (inputs,) = preflight(spec, runs=[spec], with_probes=False, enforce_checks=False)
+    records = [row_record(inputs, data, split, e) for data in inputs.tasks for e in data.splits()[split][:rows]]
+    if as_json:
+        return "\n".join(json.dumps(r, ensure_ascii=False) for r in records)
+    parts = [row_text(r) for r in records]
+    parts.append(summary_text(inputs, spec))
+    return "\n\n".join(parts)
+
+
+def row_record(inputs: Inputs, data: TaskData, split: str, example: Example) -> dict:
+    encoder = inputs.encoder
+    cuts_before = encoder.cuts
+    encoded = encoder.encode(example, data.completion_eos)
+    ids, labels = encoded["input_ids"], encoded["labels"]
+    start = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(ids))
+    tokenizer = encoder.tokenizer
+    return {
+        "task": data.task.name,
+        "split": split,
+        "row": example.row,
+        **({"id": example.id} if example.id is not None else {}),
+        "file": data.files.get(split),
+        "seen": tokenizer.decode(ids),
+        "prompt": tokenizer.decode(ids[:start]),
+        "loss_text": tokenizer.decode(ids[start:]),
+        "tokens": len(ids),
+        "loss_tokens": sum(label != IGNORE_INDEX for label in labels),
+        "truncated": example.truncated or encoder.cuts > cuts_before,
+    }
+
+
+def row_text(record: dict) -> str:
+    flags = " · shortened to fit max_length" if record["truncated"] else ""
+    head = (
+        f"── task {record['task']} · {record['split']} row {record['row']}"
+        + (f" (id {record['id']})" if "id" in record else "")
+        + f" · {record['tokens']} tokens, {record['loss_tokens']} carry loss{flags} ──"
+    )
+    return f"{head}\n{record['prompt']}{LOSS_OPEN}{record['loss_text']}{LOSS_CLOSE}"
+
+
+def summary_text(inputs: Inputs, spec: Spec) -> str:
+    lines = [f"Tokens per row (prompt + completion, as trained; {LOSS_OPEN}…{LOSS_CLOSE} marks the loss tokens above):"]
+    for data in inputs.tasks:
+        lines.append(f"task {data.task.name}: {data.task.data.describe()}")
+        for name, examples in data.splits().items():
+            lengths = [len(inputs.encoder.encode(e, data.completion_eos)["input_ids"]) for e in examples]
+            truncated = sum(e.truncated for e in examples)
+            lines.append(
+                f"  {name:<5} {len(examples):>6} rows  tokens min {min(lengths)}, median {statistics.median(lengths):g}, "
+                f"p90 {percentile(lengths, 0.9)}, max {max(lengths)}; shortened to fit "
+                f"{spec.model.max_length}: {truncated}"
+            )
+        if data.task.is_classification:
+            counts = data.label_counts()
+            lines.append(
+                "  labels "
+                + "; ".join(f"{s}: " + ", ".join(f"{k} {v}" for k, v in c.items()) for s, c in counts.items())
+            )
+    lines.append("")
+    lines.append("Data checks:" if inputs.findings else "Data checks: nothing found.")
+    lines += [f"  {finding.line()}" for finding in inputs.findings]
+    return "\n".join(lines)
+
+
+def percentile(values: list[int], q: float) -> int:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]

@@ -1,0 +1,130 @@
+"""`runner runs [DIR]`: every run folder under DIR at a glance: status, age, method, each task's
+fine-tuned result (with its CI and the zero-shot score), and how to continue the ones that
+stopped. A run whose report still says `running` but whose process is gone (killed, machine
+lost) shows as `stopped`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+from pathlib import Path
+
+from runner.report.document import headline
+
+ACTIVE = ("running",)
+
+
+RESUMABLE = ("interrupted", "failed", "stopped")
+
+
+def find_reports(root: Path) -> list[Path]:
+    """report.json of every run under root (a run folder, an experiment's runs, or deeper)."""
+    if (root / "report.json").is_file():
+        return [root / "report.json"]
+    return sorted(root.glob("**/report.json"))
+
+
+def describe(path: Path, root: Path, now: dt.datetime) -> dict:
+    """One row: what the run is, how it ended, what it scored, what to do next."""
+    run_dir = path.parent
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        return {
+            "run": _relative(run_dir, root),
+            "status": "unreadable",
+            "age": "",
+            "method": "",
+            "result": str(exc)[:80],
+            "next": "",
+        }
+    status = report.get("status", "?")
+    if status in ACTIVE and not _alive(report):
+        status = "stopped"  # killed or machine lost: its report could not say so
+    started = _parse_time(report.get("started_at"))
+    result = "; ".join(_task_result(name, task) for name, task in report.get("tasks", {}).items() if task.get("test"))
+    nxt = ""
+    if status in RESUMABLE and (run_dir / "checkpoints" / "last.ckpt").is_file():
+        folder = run_dir.parent.parent if report.get("variant") else run_dir
+        nxt = f"runner run {report.get('spec_path') or 'SPEC'} --resume {folder}"
+    elif status in RESUMABLE:
+        nxt = "no checkpoint yet: run it again"
+    return {
+        "run": _relative(run_dir, root),
+        "status": status,
+        "age": _age(now - started) if started else "",
+        "method": report.get("model", {}).get("method", ""),
+        "result": result or ("—" if status != "failed" else (report.get("error") or "")[:80]),
+        "next": nxt,
+    }
+
+
+def runs_table(root: Path) -> str:
+    reports = find_reports(root)
+    if not reports:
+        return f"No runs under {root} (no report.json found)."
+    now = dt.datetime.now(dt.timezone.utc)
+    rows = [describe(p, root, now) for p in reports]
+    columns = ["run", "status", "age", "method", "result", "next"]
+    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns).rstrip()]
+    lines += ["  ".join(r[c].ljust(widths[c]) for c in columns).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def _task_result(name: str, task: dict) -> str:
+    tests = task["test"]
+    rung = next(
+        (r for r in ("fine_tuned", "base_zero_shot", "base_few_shot", "majority") if r in tests), next(iter(tests))
+    )
+    metric = headline(tests[rung])
+    value = tests[rung].get(metric)
+    if value is None:
+        return f"{name}: —"
+    text = f"{name} {metric} {value:.3f}"
+    ci = tests[rung].get("ci95", {}).get(metric)
+    if ci:
+        text += f" [{ci[0]:.2f}, {ci[1]:.2f}]"
+    if rung != "fine_tuned":
+        text += f" ({rung})"
+    elif "base_zero_shot" in tests and tests["base_zero_shot"].get(metric) is not None:
+        text += f" (zero-shot {tests['base_zero_shot'][metric]:.3f})"
+    return text
+
+
+def _alive(report: dict) -> bool:
+    """Whether the process that writes this report still runs (unknown hosts count as alive)."""
+    pid, host = report.get("pid"), report.get("host")
+    if pid is None or host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _parse_time(text: str | None) -> dt.datetime | None:
+    try:
+        return dt.datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return None
+
+
+def _age(delta: dt.timedelta) -> str:
+    seconds = max(0, int(delta.total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit} ago"
+    return f"{seconds} s ago"
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root)) or "."
+    except ValueError:
+        return str(path)

@@ -1,0 +1,188 @@
+"""The comparison's text: tables, recommendation and figures."""
+
+from __future__ import annotations
+
+from runner.report import document as reporting
+from runner.report import figures as plots
+from runner.report.recommend import points_text
+
+
+def _trainable(cost: dict) -> str:
+    """Trainable parameters, and their share of the model's."""
+    trainable, total = cost.get("trainable_params"), cost.get("total_params")
+    if trainable is None:
+        return "—"
+    if not total:
+        return f"{trainable:,}"
+    share = 100 * trainable / total
+    return f"{trainable:,} ({share:.3g}%)" if share < 100 else f"{trainable:,} (100%)"
+
+
+def document(result: dict, pngs: dict) -> list[tuple]:
+    metric, primary = result["metric"], result["primary_task"]
+    blocks: list[tuple] = [
+        ("h1", f"{result['name']}: which approach?"),
+        ("p", f"**Recommendation.** {result['recommendation']['sentence']}"),
+        (
+            "p",
+            f"Primary task `{primary}`, {result['test_rows']} test rows, the same in every run; the base model was "
+            f"scored once for all runs. Deltas are paired bootstraps against the best variant "
+            f"({result['best']}); non-inferiority margin {result['margin'] * 100:g} points of {metric}.",
+        ),
+    ]
+    if result.get("incomplete"):
+        missing = ", ".join(f"{name} ({state})" for name, state in result["incomplete"].items())
+        blocks.append(
+            (
+                "p",
+                f"**Not complete:** {missing}. This comparison covers the complete runs only; "
+                f"`runner compare {result['folder']}` writes it again once they are.",
+            )
+        )
+    names = list(result["variants"])
+    rows = []
+    for name in names:
+        e = result["variants"][name]
+        if "cost" not in e:
+            rows.append([name, _status(e), *["—"] * 5])
+            continue
+        value = f"{e[metric]:.3f}" + (f" ± {e['sd']:.3f}" if e.get("sd") is not None else "")
+        ci = f"{e['ci95'][0]:.2f}..{e['ci95'][1]:.2f}" if e.get("ci95") else "—"
+        delta = (
+            f"{points_text(e['delta_to_best'])} ({points_text(e['delta_ci95'][0])}..{points_text(e['delta_ci95'][1])})"
+            if "delta_ci95" in e
+            else "best"
+        )
+        verdict = result["recommendation"].get("verdicts", {}).get(name, "best" if name == result["best"] else "")
+        rows.append([name, _status(e), value, ci, f"{e['f1_macro']:.3f}" if "f1_macro" in e else "—", delta, verdict])
+    seeds = " (mean ± sd over seeds)" if result.get("seeds") else ""
+    blocks += [
+        ("h2", f"Task `{primary}`"),
+        (
+            "table",
+            ["variant", "runs", f"{metric}{seeds}", "95% CI", "macro-F1", "Δ to best, points (95% CI)", "verdict"],
+            rows,
+        ),
+    ]
+    others = [(n, task, m) for n in names for task, m in result["variants"][n].get("other_tasks", {}).items()]
+    if others:
+        blocks.append(
+            (
+                "p",
+                "Other tasks trained in a variant (their own test rows; not part of the comparison): "
+                + "; ".join(f"{n}: {task} {', '.join(f'{k} {v:.3f}' for k, v in m.items())}" for n, task, m in others)
+                + ".",
+            )
+        )
+    base = result["base"]
+    if base:
+        lines = []
+        for rung, m in base.items():
+            ci = m.get("ci95")
+            lines.append(
+                [
+                    reporting.RUNG_TITLES[rung],
+                    f"{m[metric]:.3f}",
+                    f"{ci[0]:.2f}..{ci[1]:.2f}" if ci else "—",
+                    f"{m['prompt_tokens_mean']:.0f}" if m.get("prompt_tokens_mean") is not None else "—",
+                ]
+            )
+        blocks.append(("table", ["reference, same test rows", metric, "95% CI", "prompt tokens / row"], lines))
+    if "variants" in pngs:
+        blocks.append(("img", "variants", f"{metric} per variant"))
+    probes = list(dict.fromkeys(p for e in result["variants"].values() for p in e.get("forgetting", {})))
+    if probes:
+        rows = []
+        for name in names:
+            f = result["variants"][name].get("forgetting")
+            if f is None:
+                continue
+            rows.append([name, *(_probe_cell(f.get(p)) for p in probes)])
+        blocks += [
+            ("h2", "Forgetting (before → after, paired 95% CI of the change)"),
+            ("table", ["variant", *probes], rows),
+        ]
+    rows = []
+    for name in names:
+        e = result["variants"][name]
+        if "cost" not in e:
+            continue
+        c = e["cost"]
+        replay = e.get("replay")
+        rows.append(
+            [
+                name,
+                e.get("method", "—"),
+                f"{replay['share']:g} of {replay['of']}" if replay else "—",
+                _trainable(c),
+                _fmt(c.get("train_seconds"), "{:.0f}"),
+                _fmt(c.get("tokens_per_second"), "{:.0f}"),
+                _fmt(c.get("peak_rss_mb"), "{:,.0f}"),
+                _fmt(c.get("checkpoint_mb"), "{:.1f}"),
+                _fmt(c.get("ms_per_example"), "{:.1f}"),
+            ]
+        )
+    blocks += [
+        ("h2", "Cost"),
+        (
+            "table",
+            [
+                "variant",
+                "method",
+                "replay",
+                "trainable params",
+                "train s",
+                "tokens/s",
+                "peak memory MB",
+                "exported model MB",
+                "ms / test row",
+            ],
+            rows,
+        ),
+    ]
+    if result["curve"]:
+        blocks.append(("h2", "How much data: the learning curve"))
+        rows = [
+            [
+                p["variant"],
+                p["train_rows"],
+                f"{p[metric]:.3f}",
+                f"{p['ci95'][0]:.2f}..{p['ci95'][1]:.2f}" if p.get("ci95") else "—",
+            ]
+            for p in result["curve"]
+        ]
+        blocks.append(("table", ["run", "training rows", metric, "95% CI"], rows))
+        if "curve" in pngs:
+            blocks.append(("img", "curve", f"{metric} by training rows"))
+    return blocks
+
+
+def _status(entry: dict) -> str:
+    runs = entry["runs"]
+    done = sum(s == "complete" for s in runs.values())
+    return f"{done}/{len(runs)} complete" if done < len(runs) else f"{done} complete"
+
+
+def _probe_cell(p: dict | None) -> str:
+    if p is None:
+        return "—"
+    if p["kind"] == "drift":
+        return f"KL {p['value']:.4f}"
+    ci = p.get("delta_ci95")
+    text = f"{p['before']:.3f} → {p['after']:.3f} ({p['delta']:+.3f}"
+    text += f", {ci[0]:+.3f}..{ci[1]:+.3f})" if ci else ")"
+    return text + (" forgot" if p.get("forgot") else "")
+
+
+def _fmt(value, fmt: str) -> str:
+    return fmt.format(value) if value is not None else "—"
+
+
+def comparison_figures(result: dict) -> dict:
+    figures = {}
+    done = {n: e for n, e in result["variants"].items() if "cost" in e}
+    if done:
+        figures["variants"] = plots.variants_chart(done, result["base"], result["metric"])
+    if len(result["curve"]) >= 2:
+        figures["curve"] = plots.curve_chart(result["curve"], result["base"], result["metric"])
+    return figures

@@ -1,0 +1,71 @@
+"""Markdown to a self-contained HTML page."""
+
+from __future__ import annotations
+
+import html
+import re
+
+
+def to_markdown(blocks: list[tuple], image_files: dict[str, str]) -> str:
+    lines = []
+    for block in blocks:
+        kind = block[0]
+        if kind == "h1":
+            lines += [f"# {block[1]}", ""]
+        elif kind == "h2":
+            lines += [f"## {block[1]}", ""]
+        elif kind == "p":
+            lines += [block[1], ""]
+        elif kind == "table":
+            header, rows = block[1], block[2]
+            lines.append("| " + " | ".join(map(str, header)) + " |")
+            lines.append("|" + "---|" * len(header))
+            lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+            lines.append("")
+        elif kind == "img" and block[1] in image_files:
+            lines += [f"![{block[2]}]({image_files[block[1]]})", ""]
+    return "\n".join(lines)
+
+
+HTML_STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:960px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:0.8em 0}th,td{border:1px solid #ccc;padding:4px 10px;text-align:right}
+th{background:#f3f4f6}td:first-child,th:first-child,td.t{text-align:left}img{max-width:100%;display:block;margin:0.8em 0}
+code{background:#f3f4f6;padding:0 3px}h2{border-bottom:1px solid #ddd;padding-bottom:0.2em;margin-top:1.6em}
+"""
+
+
+def to_html(blocks: list[tuple], images: dict[str, str], title: str) -> str:
+    """A self-contained page: styles inline, plots embedded as data URIs; readable offline."""
+    body = []
+    for block in blocks:
+        kind = block[0]
+        if kind in ("h1", "h2", "p"):
+            body.append(f"<{kind}>{_inline(block[1])}</{kind}>")
+        elif kind == "table":
+            header = "".join(f"<th>{html.escape(str(c))}</th>" for c in block[1])
+            rows = "".join("<tr>" + "".join(_td(c) for c in row) + "</tr>" for row in block[2])
+            body.append(f"<table><thead><tr>{header}</tr></thead><tbody>{rows}</tbody></table>")
+        elif kind == "img" and block[1] in images:
+            body.append(f'<img src="{images[block[1]]}" alt="{html.escape(block[2])}">')
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{HTML_STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
+
+
+def _td(cell) -> str:
+    """A table cell: numbers (with or without an interval) right-aligned, text left-aligned."""
+    text = str(cell)
+    numeric = bool(re.fullmatch(r"[-+]?[\d.,]+( \[.*\])?( s| MB)?|—", text))
+    return f"<td>{html.escape(text)}</td>" if numeric else f'<td class="t">{html.escape(text)}</td>'
+
+
+def _inline(text: str) -> str:
+    """Escape, then render `code` spans and **bold** spans."""
+    parts = html.escape(text).split("`")
+    text = "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+    parts = text.split("**")
+    if len(parts) % 2 == 0:  # an unpaired ** stays as it is
+        return text
+    return "".join(f"<strong>{p}</strong>" if i % 2 else p for i, p in enumerate(parts))

@@ -1,0 +1,121 @@
+"""Building what a run trains: the model with its method, the data module, the trainable
+module — in that order, since the method changes which parameters the optimizer sees."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+
+from runner.data.examples import TaskData
+from runner.data.mixture import FineTuneData
+from runner.errors import RunnerError
+from runner.evaluation.evaluator import Evaluator
+from runner.inputs import Inputs
+from runner.model.load import load_model
+from runner.model.methods import apply_method
+from runner.spec.types import Spec
+from runner.training.memory import use_activation_checkpointing
+from runner.training.module import FineTuner
+from runner.training.trainer import load_weights
+
+
+def quiet_libraries() -> None:
+    """Keep the terminal for runner's own output and Lightning's progress bar."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    for pattern in (
+        ".*does not have many workers.*",
+        ".*is_gradient_checkpointing.*",
+        ".*torch_dtype.*",
+        ".*The number of training batches.*",
+        ".*Checkpoint directory.*exists and is not empty.*",
+        ".*isinstance.treespec, LeafSpec.*",
+        ".*Unmerge result can be inaccurate.*",  # (IA)^3 after scoring merged: a rounding-level change
+        # Mid-epoch resumption is exact: the data module's state holds the epoch's position.
+        ".*your dataloader is not resumable.*",
+    ):
+        warnings.filterwarnings("ignore", message=pattern)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+
+
+def prepared_model(spec: Spec) -> tuple[torch.nn.Module, object]:
+    """The model as a run trains and scores it, and its tokenizer."""
+    return load_model(spec.model.source, spec.seed)
+
+
+def make_datamodule(inputs: Inputs, spec: Spec) -> FineTuneData:
+    """Training data: every task's rows (the primary task's cut to training.train_rows, sampled
+    with the split seed so that every training seed sees the same rows) and replay rows."""
+    training = spec.training
+    return FineTuneData(
+        inputs.tasks,
+        inputs.encoder,
+        training.batch_size,
+        training.num_workers,
+        training.seed,
+        training.group_by_length,
+        replay=inputs.replay,
+        replay_spec=spec.replay,
+        train_rows={spec.primary_task: training.train_rows} if training.train_rows else None,
+        sample_seed=spec.seed,
+        primary=spec.primary_task,
+        class_balance=training.class_balance,
+    )
+
+
+def trainable_module(
+    model: torch.nn.Module, spec: Spec, tasks: list[TaskData], evaluator: Evaluator | None = None
+) -> FineTuner:
+    """The LightningModule; `evaluator` scores the primary task's val split when the best
+    epoch is chosen on its accuracy or macro-F1 (training.monitor)."""
+    longest = max((len(e.prompt) for t in tasks for e in t.train), default=0)  # characters >= tokens
+    use_activation_checkpointing(model, spec.training, min(longest, spec.model.max_length))
+    scorer = None
+    if spec.training.monitor != "loss" and evaluator is not None:
+        primary = next(t for t in tasks if t.task.name == spec.primary_task)
+        scorer = functools.partial(score_val_split, evaluator, dataclasses.replace(primary, test=primary.val))
+    # Checkpoints hold only the trained weights, unless every weight trains.
+    module = FineTuner(
+        model,
+        spec.training,
+        [t.task.name for t in tasks],
+        save_frozen=spec.method.kind == "full",
+        primary=spec.primary_task,
+        val_scorer=scorer,
+    )
+    module.train()  # from_pretrained returns eval mode, and Lightning keeps the modes it finds
+    return module
+
+
+def score_val_split(evaluator: Evaluator, val: TaskData, model: torch.nn.Module, device: torch.device) -> dict:
+    """The primary task's accuracy and macro-F1 on its val split (label scoring, no shots)."""
+    with evaluator.describing("validation labels"):
+        metrics, _ = dataclasses.replace(evaluator, model=model, device=device).evaluate(val)
+    return {"accuracy": metrics["accuracy"], "macro_f1": metrics["f1_macro"]}
+
+
+def load_checkpoint_model(model: torch.nn.Module, tokenizer, spec: Spec, checkpoint: Path) -> torch.nn.Module:
+    """A run's `.ckpt` (tensors only, weights_only=True) or its exported `model/` folder."""
+    if checkpoint.is_dir():
+        if (checkpoint / "adapter_config.json").is_file():
+            from peft import PeftModel
+
+            return PeftModel.from_pretrained(model, checkpoint)
+        tuned, _ = load_model(str(checkpoint))
+        return tuned
+    if checkpoint.suffix != ".ckpt" or not checkpoint.is_file():
+        raise RunnerError(f"--checkpoint {checkpoint}: expected a run's checkpoints/*.ckpt file or its model/ folder.")
+    module = FineTuner(
+        apply_method(model, spec.method, tokenizer), spec.training, [t.name for t in spec.tasks], save_frozen=True
+    )
+    try:
+        load_weights(module, checkpoint)
+    except (RuntimeError, KeyError) as exc:
+        raise RunnerError(f"--checkpoint {checkpoint} does not fit this spec's model and method: {exc}") from None
+    return module.model

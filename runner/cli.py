@@ -17,6 +17,11 @@ from runner.errors import Interrupted, RunnerError
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `runner` script; returns the process exit code instead of raising.
+
+    Every failure becomes one line on stderr: a RunnerError its own exit code (2 for bad spec or
+    data), Ctrl-C 130, anything else 1 unless RUNNER_DEBUG is set, which re-raises for the traceback.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -39,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Every subcommand with its options; each sets `func`, the `cmd_*` handler `main` calls."""
     parser = argparse.ArgumentParser(
         prog="runner", description="Declarative instruction fine-tuning: one spec file per experiment."
     )
@@ -164,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_overrides(parser: argparse.ArgumentParser) -> None:
+    """Add the repeatable `--set KEY=VALUE` option, collected into `args.overrides` for load_spec."""
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -175,6 +182,7 @@ def add_overrides(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    """Run the same pre-flight as `runner run`, then print the resolved spec, itself a valid spec."""
     from runner.inputs import print_findings
     from runner.preflight import preflight
     from runner.spec.load import load_spec
@@ -197,6 +205,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """Train a single run or an experiment's runs, then print the results (a single run's on rank 0 only).
+
+    Raises:
+        RunnerError: --resume is not a folder, or experiment-only options are given for a single run.
+    """
     from runner.flows.run import run_spec
     from runner.rundir.ranks import is_rank_zero
     from runner.spec.load import load_spec
@@ -236,6 +249,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate the base model (`--base`) or a checkpoint into a new run folder, without training."""
     from runner.flows.evaluate import evaluate_spec
     from runner.spec.load import load_spec
 
@@ -248,6 +262,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
+    """Print rendered rows, tokens and data checks; needs the tokenizer, not the model weights."""
     from runner.flows.preview import preview
     from runner.spec.load import load_spec
 
@@ -257,6 +272,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    """Print the cost estimate of a run, or of each run of an experiment; `--json` for scripts."""
     from runner.flows.plan import plan, plan_text
     from runner.spec.load import load_spec
 
@@ -273,6 +289,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    """Compare run folders side by side; one experiment folder alone rewrites its own comparison."""
     from runner.report.comparison import is_experiment
 
     if len(args.run_dirs) == 1 and is_experiment(args.run_dirs[0]):
@@ -289,6 +306,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    """Predict new rows with a finished run; predictions go to `--output` or stdout, the tally to stderr."""
     from runner.flows.predict import predict
     from runner.training.setup import quiet_libraries
 
@@ -303,6 +321,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    """Write a run's model as a Hugging Face folder: merged weights or the peft adapter."""
     from runner.flows.export import export
     from runner.training.setup import quiet_libraries
 
@@ -314,6 +333,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    """List every run under a folder; a missing folder is a RunnerError, not an empty table."""
     from runner.flows.runs import runs_table
 
     if not args.folder.is_dir():
@@ -323,11 +343,13 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def print_summary(run_dir: Path) -> None:
+    """Print the results table and where the report is; silent when the run wrote no report.json."""
     from runner.report.document import summary_table
+    from runner.results import RunResult
 
     report_path = run_dir / "report.json"
     if report_path.is_file():
-        report = json.loads(report_path.read_text())
+        report = RunResult.from_json(json.loads(report_path.read_text()))
         print()
         print(summary_table(report))
         print(f"\nReport: {run_dir / 'report.html'} (and report.md)")
@@ -335,6 +357,7 @@ def print_summary(run_dir: Path) -> None:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the bundled JSON Schema byte for byte, for editors and validators."""
     from runner.spec.types import SCHEMA_PATH
 
     print(SCHEMA_PATH.read_text(), end="")

@@ -98,5 +98,6 @@ def check_train_rows(spec: Spec, tasks: list[TaskData]) -> None:
 
 
 def print_findings(findings: list[checks.Finding]) -> None:
+    """Data-check findings on stderr, so they never mix into output a script reads from stdout."""
     for finding in findings:
         print(f"data check {finding.line()}", file=sys.stderr)

@@ -39,6 +39,37 @@ def score_cache(tmp_path_factory) -> Iterator[Path]:
         yield folder
 
 
+REPORT_SCHEMA = Path(__file__).resolve().parent.parent / "schemas" / "report.schema.json"
+REPORTS_CHECKED: list[Path] = []
+
+
+def report_problems(report: dict) -> list[str]:
+    """Every place a report.json breaks schemas/report.schema.json, located."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(json.loads(REPORT_SCHEMA.read_text()))
+    return [f"$.{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(report)]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def reports_follow_the_schema() -> Iterator[list[Path]]:
+    """Every report.json runner writes in this test process is checked against the report schema
+    as it is written (running, then finished): a field the schema does not know fails the test."""
+    from runner.rundir import report_files
+
+    original = report_files.write_json
+
+    def checked(path: Path, data: dict) -> None:
+        original(path, data)
+        problems = report_problems(json.loads(Path(path).read_text()))
+        assert not problems, f"{path} breaks schemas/report.schema.json:\n" + "\n".join(problems[:10])
+        REPORTS_CHECKED.append(Path(path))
+
+    report_files.write_json = checked
+    yield REPORTS_CHECKED
+    report_files.write_json = original
+
+
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     """A spec folder with data/, templates/ and a valid classification spec at spec.yaml."""

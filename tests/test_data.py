@@ -12,7 +12,7 @@ from conftest import base_spec, sentiment_rows, write_jsonl, write_spec
 from runner.data.encode import IGNORE_INDEX, Encoder, collate
 from runner.data.examples import Example, TaskData
 from runner.data.mixture import FineTuneData
-from runner.data.prepare import prepare_task
+from runner.data.prepare import prepare_source
 from runner.data.read import read_rows
 from runner.data.split import split_indices
 from runner.errors import DataError
@@ -52,7 +52,7 @@ def test_broken_jsonl_names_the_lines(tmp_path):
 
 
 def test_template_renders_prompt_and_completion(workdir):
-    data = prepare_task(task_of(workdir), seed=1)
+    data = prepare_source([task_of(workdir)], seed=1)[0]
     example = data.train[0]
     assert example.prompt.startswith("Review: The product") and example.prompt.endswith("Sentiment:")
     assert example.completion in ("positive", "negative")
@@ -66,7 +66,7 @@ def test_bad_rows_stop_with_file_row_and_field(workdir):
     rows[6]["sentiment"] = "  "
     write_jsonl(workdir / "data" / "sentiment.jsonl", rows)
     with pytest.raises(DataError) as info:
-        prepare_task(task_of(workdir), seed=1)
+        prepare_source([task_of(workdir)], seed=1)[0]
     assert info.value.problems == [
         "row 3: 'sentiment' is undefined: the row has no field 'sentiment'; its fields are: text.",
         "row 5: completion 'neutral' is not one of the task's labels (positive, negative); "
@@ -79,7 +79,7 @@ def test_bad_rows_stop_with_file_row_and_field(workdir):
 def test_template_without_separator_is_an_error(workdir):
     (workdir / "templates" / "nosep.jinja").write_text("{{ text }} {{ sentiment }}")
     with pytest.raises(DataError) as info:
-        prepare_task(task_of(workdir, template="nosep.jinja"), seed=1)
+        prepare_source([task_of(workdir, template="nosep.jinja")], seed=1)
     assert info.value.problems[0].endswith(": the template rendered no '|||' between prompt and completion.")
     assert info.value.problems[0].startswith("rows 1, 2, 3")
 
@@ -87,7 +87,7 @@ def test_template_without_separator_is_an_error(workdir):
 def test_templates_run_in_a_sandbox(workdir):
     (workdir / "templates" / "evil.jinja").write_text("{{ text.__class__.__mro__ }} ||| {{ sentiment }}")
     with pytest.raises(DataError) as info:
-        prepare_task(task_of(workdir, template="evil.jinja"), seed=1)
+        prepare_source([task_of(workdir, template="evil.jinja")], seed=1)
     assert "unsafe" in info.value.problems[0] or "__class__" in info.value.problems[0]
 
 
@@ -107,7 +107,7 @@ def test_split_is_seeded_stratified_and_covers_every_row():
 def test_too_few_rows_for_a_split_is_a_data_error(workdir):
     write_jsonl(workdir / "data" / "sentiment.jsonl", sentiment_rows(4))
     with pytest.raises(DataError) as info:
-        prepare_task(task_of(workdir), seed=1)
+        prepare_source([task_of(workdir)], seed=1)[0]
     assert "too few to give every split a row" in info.value.problems[0]
 
 

@@ -1,6 +1,6 @@
 """The house's rules, read from the code itself: no import cycles (lazy imports inside functions
 included, since they only hide one); the flows (one per command) are imported by the CLI alone;
-the report reads results, never model or training code."""
+the report reads results, never model or training code; modules and functions stay short."""
 
 from __future__ import annotations
 
@@ -63,6 +63,9 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 FLOWS = "runner.flows"
 # The report renders typed results: it never needs a model, a trainer or the scoring code.
 NOT_FOR_REPORT = ("runner.model", "runner.training", "runner.evaluation")
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 60
+LONG_BY_NATURE = {"runner.cli.build_parser"}  # an argparse table: one line per option
 
 
 def rule_breaks(graph: dict[str, set[str]]) -> list[str]:
@@ -119,3 +122,30 @@ def test_a_planted_lazy_import_of_a_flow_is_found(tmp_path: Path) -> None:
 def test_a_planted_model_import_in_the_report_is_found(tmp_path: Path) -> None:
     graph = planted(tmp_path, "report/html", "\nfrom runner.model.load import load_model  # noqa\n")
     assert rule_breaks(graph) == ["runner.report.html imports runner.model.load; the report reads results only"]
+
+
+def long_code(package: Path) -> list[str]:
+    """Modules over MAX_MODULE_LINES lines and functions (methods too) over MAX_FUNCTION_LINES."""
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        text = path.read_text()
+        name = ".".join(path.relative_to(package.parent).with_suffix("").parts)
+        if len(text.splitlines()) > MAX_MODULE_LINES:
+            found.append(f"{name}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES and f"{name}.{node.name}" not in LONG_BY_NATURE:
+                    found.append(f"{name}.{node.name}: {length} lines")
+    return found
+
+
+def test_modules_and_functions_are_short() -> None:
+    assert long_code(RUNNER) == []
+
+
+def test_a_planted_long_function_is_found(tmp_path: Path) -> None:
+    body = "".join(f"    x{i} = {i}\n" for i in range(MAX_FUNCTION_LINES))
+    (tmp_path / "runner").mkdir()
+    (tmp_path / "runner" / "planted.py").write_text(f"def planted():\n{body}")
+    assert long_code(tmp_path / "runner") == [f"runner.planted.planted: {MAX_FUNCTION_LINES + 1} lines"]

@@ -195,7 +195,11 @@ def test_bootstrap_f1_and_accuracy_agree_with_the_point_metrics():
 
 
 def test_forgetting_sentence_tells_forgetting_shift_and_none_apart():
-    from runner.report.document import forgetting_sentence
+    from runner.report.sentences import forgetting_sentence as sentence
+    from runner.results import ProbeResult
+
+    def forgetting_sentence(entries: dict) -> str:
+        return sentence({name: ProbeResult.from_json(e) for name, e in entries.items()})
 
     mc = {
         "kind": "multiple_choice",
@@ -226,3 +230,15 @@ def test_forgetting_sentence_tells_forgetting_shift_and_none_apart():
     dropped = {**mc, "after": 0.5, "delta": -0.1, "delta_ci95": [-0.15, -0.05], "excludes_zero": True}
     assert forgetting_sentence({"mc": dropped, "ppl": ppl}).startswith("Forgetting detected on mc: mc acc moved -0.100")
     assert "Forgetting detected on ppl" in forgetting_sentence({"ppl": {**ppl, "after": 23.0}})
+
+
+def test_the_probes_table_and_the_schema_name_the_same_kinds_and_the_same_text_readers():
+    from runner.evaluation.probes import PROBES
+    from runner.spec.types import schema
+
+    kind = schema()["$defs"]["probe"]["properties"]["kind"]
+    assert set(kind["enum"]) == set(PROBES)
+    assert set(kind["x-reads-text"]) == {name for name, probe in PROBES.items() if probe.reads_text}
+    for name, probe in PROBES.items():
+        assert (probe.score is None) != (probe.compare is None), name  # one model or two, not both
+        assert probe.headline

@@ -161,3 +161,23 @@ def test_a_loss_that_turns_nan_stops_training_with_a_clear_message(workdir, caps
     report = loads_strict((run_dir / "report.json").read_text())  # no NaN written as JSON
     assert report["status"] == "failed" and "loss became nan" in report["error"]
     assert (run_dir / "report.md").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_a_setting_added_since_the_run_started_is_its_default_not_a_change(tmp_path: Path) -> None:
+    """A run folder from before `training.objective` existed resumes: the setting's default is
+    what that run did. A real change beside it is still refused."""
+    import yaml
+
+    from runner.rundir.folder import resume_problems
+    from runner.spec.load import load_spec
+    from runner.spec.written import written_spec
+
+    spec = load_spec(Path(__file__).resolve().parent.parent / "experiments" / "ticket_urgency.yaml")
+    old = json.loads(json.dumps(written_spec(spec), default=str))
+    del old["training"]["objective"]
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(old))
+    assert resume_problems(tmp_path, spec, {}) == ([], [])
+    old["training"]["epochs"] = spec.training.epochs + 1
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(old))
+    problems, _ = resume_problems(tmp_path, spec, {})
+    assert problems == [f"training.epochs: {spec.training.epochs + 1} in the run, {spec.training.epochs} now"]

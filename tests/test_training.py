@@ -15,7 +15,8 @@ from runner.data.examples import Example, TaskData
 from runner.data.mixture import FineTuneData
 from runner.model.forward import completion_token_losses
 from runner.model.tiny import byte_tokenizer, random_tiny
-from runner.training.module import count_targets, micro_batches
+from runner.training.module import micro_batches
+from runner.training.objectives import count_targets
 
 
 def ragged_batch(tokenizer, lengths: list[int]) -> dict:
@@ -242,7 +243,7 @@ def test_class_balance_sample_draws_every_label_equally_each_epoch(workdir):
 
 
 def test_class_balance_loss_weights_each_label_the_same_in_total(workdir):
-    from runner.training.module import target_weight
+    from runner.training.objectives import target_weight
 
     data, encoder = imbalanced_data(workdir)
     dm = FineTuneData([data], encoder, batch_size=36, num_workers=0, seed=0, class_balance="loss")
@@ -295,3 +296,11 @@ def test_monitor_and_class_balance_need_a_classification_primary_task(workdir, c
     err = capsys.readouterr().err
     assert "$.training.monitor: 'accuracy' needs a classification primary task (labels)" in err
     assert "$.training.class_balance: 'sample' needs a classification primary task" in err
+
+
+def test_every_objective_the_schema_names_is_in_the_table_and_sft_is_the_default() -> None:
+    from runner.spec.types import schema
+    from runner.training.objectives import OBJECTIVES
+
+    objective = schema()["properties"]["training"]["properties"]["objective"]
+    assert set(objective["enum"]) == set(OBJECTIVES) and objective["default"] == "sft"

@@ -70,6 +70,7 @@ def run_checks(tasks: list[TaskData], encoder: Encoder, settings: DataChecksSpec
 
 
 def raise_failures(findings: list[Finding], source: str) -> None:
+    """Stop the run on any finding of severity `fail`, all of them in one DataError; warnings pass."""
     failed = [f for f in findings if f.severity == "fail"]
     if failed:
         raise DataError(
@@ -91,6 +92,7 @@ def prompt_variables(data: TaskData) -> list[str]:
 
 
 def normalize(text: str) -> str:
+    """Case-folded, whitespace collapsed: two inputs that differ only in spacing or case compare equal."""
     return " ".join(str(text).split()).casefold()
 
 
@@ -119,6 +121,10 @@ def _by_split(t: TaskData):
 
 
 def find_duplicates(tasks, keys, encoder, settings) -> list[Finding]:
+    """Rows whose input and completion both repeat an earlier row of the same task, any split.
+
+    Findings carry severity ""; run_checks fills it in from the spec.
+    """
     out = []
     for t in tasks:
         seen: dict[tuple, str] = {}
@@ -195,6 +201,7 @@ def find_near_duplicates(tasks, keys, encoder, settings) -> list[Finding]:
 
 
 def find_conflicts(tasks, keys, encoder, settings) -> list[Finding]:
+    """One input with different completions within a task: the model is taught both answers."""
     out = []
     for t in tasks:
         answers: dict[str, dict[str, str]] = defaultdict(dict)
@@ -215,6 +222,9 @@ def find_conflicts(tasks, keys, encoder, settings) -> list[Finding]:
 
 
 def find_imbalance(tasks, keys, encoder, settings) -> list[Finding]:
+    """Classification tasks whose train split lacks a label, or whose label counts differ more than
+    `data_checks.imbalance_ratio` (most frequent over rarest).
+    """
     out = []
     for t in tasks:
         if not t.task.is_classification:
@@ -238,6 +248,9 @@ def find_imbalance(tasks, keys, encoder, settings) -> list[Finding]:
 
 
 def find_truncation(tasks, keys, encoder, settings) -> list[Finding]:
+    """Tasks where more than `data_checks.truncation_share` of a split's rows were shortened to fit
+    model.max_length; every shortened row is named.
+    """
     out = []
     for t in tasks:
         counts = t.truncated_counts()
@@ -258,6 +271,7 @@ def find_truncation(tasks, keys, encoder, settings) -> list[Finding]:
 
 
 def find_short_completions(tasks, keys, encoder, settings) -> list[Finding]:
+    """Free-text completions of one token or less, counted without the end token; classification is exempt."""
     out = []
     for t in tasks:
         if t.task.is_classification:

@@ -19,7 +19,7 @@ class Encoder:
     and training and scoring see the same completion tokens. Classification completions carry
     no end-of-sequence token (they are scored, not generated) unless one label's tokens begin
     another's; free-text completions end with one, so that generation learns to stop.
-    Examples arrive fitted to max_length (runner.truncation); `join` still cuts what does not
+    Examples arrive fitted to max_length (runner.data.truncation); `join` still cuts what does not
     fit (policy `left`), the start of the prompt first, and counts it in `cuts`.
     """
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import jinja2
 
-from runner.data.sandbox import TemplateProblem
+from runner.data.template_bounds import TemplateProblem
 from runner.data.templates import load_template, render
 from runner.errors import DataError
 from runner.limits import DEFAULT_LIMITS, Limits
@@ -75,7 +75,7 @@ class TaskData:
 def render_example(template: jinja2.Template, row: dict, limits: Limits = DEFAULT_LIMITS) -> tuple[str, str]:
     """Render a row to (prompt, completion); raise TemplateProblem (a ValueError) with a
     user-facing reason. Null fields count as missing (`{{ x | default('') }}` shows them empty),
-    and the render is bounded in time and size (runner.templating)."""
+    and the render is bounded in time and size (runner.data.template_bounds)."""
     text = render(template, row, limits)
     prompt, sep, completion = text.partition(SEPARATOR)
     if not sep:
@@ -178,5 +178,6 @@ def build_examples(
 
 
 def rows_text(numbers: list[int], shown: int = 10) -> str:
+    """Row numbers for a message, at most `shown` of them, then how many more ("1, 2 and 8 more")."""
     text = ", ".join(map(str, numbers[:shown]))
     return text + (f" and {len(numbers) - shown} more" if len(numbers) > shown else "")

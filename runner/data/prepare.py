@@ -26,11 +26,6 @@ def prepare_data(spec: Spec) -> list[TaskData]:
     return [prepared[task.name] for task in spec.tasks]
 
 
-def prepare_task(task: TaskSpec, seed: int) -> TaskData:
-    """One task alone (its source not shared)."""
-    return prepare_source([task], seed)[0]
-
-
 def prepare_source(tasks: list[TaskSpec], seed: int, limits: Limits = DEFAULT_LIMITS) -> list[TaskData]:
     """Read one source, template it for every task reading it, sample and split it once."""
     first = tasks[0]

@@ -98,6 +98,11 @@ def row_strata(
 
 
 def row_groups(field_name: str | None, rows: list[dict], source) -> list | None:
+    """Each row's `group_by` value as a string (rows of one group stay in one split); None without group_by.
+
+    Raises:
+        DataError: naming the rows that lack the field.
+    """
     if field_name is None:
         return None
     missing = [i + 1 for i, row in enumerate(rows) if row.get(field_name) is None]

@@ -12,16 +12,8 @@ import jinja2
 from jinja2.runtime import missing
 from jinja2.sandbox import MAX_RANGE, SecurityError
 
-from runner.data.sandbox import (
-    BOUNDS,
-    OUTPUT_MESSAGE,
-    REFUSED_NODES,
-    TemplateProblem,
-    bounded,
-    check_size,
-    start_bounds,
-    template_environment,
-)
+from runner.data.sandbox import REFUSED_NODES, template_environment
+from runner.data.template_bounds import BOUNDS, OUTPUT_MESSAGE, TemplateProblem, bounded, check_size, start_bounds
 from runner.errors import TemplateFileError
 from runner.limits import DEFAULT_LIMITS, Limits
 

@@ -14,6 +14,7 @@ Kinds (see the schema's `$defs.probe`):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -27,11 +28,6 @@ from runner.evaluation.evaluator import TEXT_WINDOWS, Evaluator
 from runner.evaluation.metrics import kl_divergence, normalize_answer
 from runner.limits import DEFAULT_LIMITS, Limits
 from runner.spec.types import ProbeSpec
-
-HEADLINE = {"multiple_choice": "acc", "generation": "accuracy", "perplexity": "perplexity", "drift": "kl_per_token"}
-
-
-HIGHER_IS_BETTER = {"acc": True, "accuracy": True, "perplexity": False, "kl_per_token": False}
 
 
 @dataclass
@@ -50,7 +46,7 @@ class ProbeData:
 def load_probe(probe: ProbeSpec, limits: Limits = DEFAULT_LIMITS) -> ProbeData:
     """Read and template a probe's data; bad rows are reported all at once."""
     data = ProbeData(probe)
-    if probe.kind in ("perplexity", "drift"):
+    if PROBES[probe.kind].reads_text:
         data.text = read_text(probe.data.path, limits)
         return data
     rows = read_rows(probe.data, limits)[: probe.max_items]
@@ -87,32 +83,40 @@ def load_probe(probe: ProbeSpec, limits: Limits = DEFAULT_LIMITS) -> ProbeData:
 
 
 def run_probe(evaluator: Evaluator, data: ProbeData) -> tuple[dict, torch.Tensor | None]:
-    """Metrics of one probe with one model, and the per-item 0/1 scores for paired bootstraps."""
-    kind = data.probe.kind
+    """Metrics of a one-model probe with one model, and the per-item scores for paired bootstraps."""
+    return PROBES[data.probe.kind].score(evaluator, data)
+
+
+def multiple_choice(evaluator: Evaluator, data: ProbeData) -> tuple[dict, torch.Tensor]:
+    """acc (the most likely choice) and acc_norm (log-likelihood per character), with chance."""
     encoder = evaluator.encoder
-    if kind == "multiple_choice":
-        prompts = [encoder.prompt_ids(p) for p in data.prompts]
-        candidates = [[encoder.completion_ids(c, add_eos=False) for c in cs] for cs in data.choices]
-        scores = evaluator.candidate_scores(prompts, candidates)
-        gold = torch.tensor(data.gold)
-        raw = torch.tensor([int(s.argmax()) for s in scores])
-        lengths = [torch.tensor([max(len(c), 1) for c in cs], dtype=torch.float) for cs in data.choices]
-        norm = torch.tensor([int((s / n).argmax()) for s, n in zip(scores, lengths)])
-        correct = (raw == gold).float()
-        metrics = {"acc": float(correct.mean()), "acc_norm": float((norm == gold).float().mean()), "n": len(gold)}
-        metrics["chance"] = round(sum(1 / len(cs) for cs in data.choices) / len(data.choices), 4)
-        return metrics, correct
-    if kind == "generation":
-        outputs = evaluator.generate([encoder.prompt_ids(p) for p in data.prompts])
-        hits = torch.tensor(
-            [answer_matches(o, a, c) for o, a, c in zip(outputs, data.answers, data.checks)], dtype=torch.float
-        )
-        return {"accuracy": float(hits.mean()), "n": len(hits)}, hits
-    if kind == "perplexity":
-        windows = evaluator.text_windows(data.text, data.probe.max_tokens)
-        nll, tokens = evaluator.token_nll(windows)
-        return {"perplexity": math.exp(nll / tokens), "nll_per_token": nll / tokens, "tokens": tokens}, None
-    raise ValueError(f"run_probe does not score {kind!r} probes; see drift()")
+    prompts = [encoder.prompt_ids(p) for p in data.prompts]
+    candidates = [[encoder.completion_ids(c, add_eos=False) for c in cs] for cs in data.choices]
+    scores = evaluator.candidate_scores(prompts, candidates)
+    gold = torch.tensor(data.gold)
+    raw = torch.tensor([int(s.argmax()) for s in scores])
+    lengths = [torch.tensor([max(len(c), 1) for c in cs], dtype=torch.float) for cs in data.choices]
+    norm = torch.tensor([int((s / n).argmax()) for s, n in zip(scores, lengths)])
+    correct = (raw == gold).float()
+    metrics = {"acc": float(correct.mean()), "acc_norm": float((norm == gold).float().mean()), "n": len(gold)}
+    metrics["chance"] = round(sum(1 / len(cs) for cs in data.choices) / len(data.choices), 4)
+    return metrics, correct
+
+
+def generation(evaluator: Evaluator, data: ProbeData) -> tuple[dict, torch.Tensor]:
+    """Greedy answers checked by exact match or containment (a row's own `check` wins)."""
+    outputs = evaluator.generate([evaluator.encoder.prompt_ids(p) for p in data.prompts])
+    hits = torch.tensor(
+        [answer_matches(o, a, c) for o, a, c in zip(outputs, data.answers, data.checks)], dtype=torch.float
+    )
+    return {"accuracy": float(hits.mean()), "n": len(hits)}, hits
+
+
+def perplexity(evaluator: Evaluator, data: ProbeData) -> tuple[dict, None]:
+    """exp(token-weighted mean negative log-likelihood) over the text's windows."""
+    windows = evaluator.text_windows(data.text, data.probe.max_tokens)
+    nll, tokens = evaluator.token_nll(windows)
+    return {"perplexity": math.exp(nll / tokens), "nll_per_token": nll / tokens, "tokens": tokens}, None
 
 
 def drift(base: Evaluator, tuned: Evaluator, data: ProbeData) -> dict:
@@ -132,6 +136,32 @@ def drift(base: Evaluator, tuned: Evaluator, data: ProbeData) -> dict:
 
 
 def answer_matches(output: str, answer: str, check: str) -> bool:
+    """A generated answer against the expected one, both normalised (case, punctuation, articles)."""
     if check == "contains":
         return normalize_answer(answer) in normalize_answer(output)
     return normalize_answer(output) == normalize_answer(answer)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One kind of forgetting probe: what it reads, how it scores, and which number leads.
+
+    A one-model probe (`score`) runs on the base model before training (its result can come
+    from the score cache) and on the tuned model after, and the report pairs the two. A
+    two-model probe (`compare`) runs once, after training, with base and tuned model on the same
+    items: a measurement of the difference itself, or several numbers from one pass over both."""
+
+    reads_text: bool  # a .txt file cut into windows of tokens; else rows through a template
+    headline: str  # the metric the report leads with
+    higher_is_better: bool
+    score: Callable[[Evaluator, ProbeData], tuple[dict, torch.Tensor | None]] | None = None
+    compare: Callable[[Evaluator, Evaluator, ProbeData], dict] | None = None
+
+
+# The probe kinds (the schema's `$defs.probe.kind` names the same; a test keeps them in step).
+PROBES = {
+    "multiple_choice": Probe(reads_text=False, headline="acc", higher_is_better=True, score=multiple_choice),
+    "generation": Probe(reads_text=False, headline="accuracy", higher_is_better=True, score=generation),
+    "perplexity": Probe(reads_text=True, headline="perplexity", higher_is_better=False, score=perplexity),
+    "drift": Probe(reads_text=True, headline="kl_per_token", higher_is_better=False, compare=drift),
+}

@@ -18,15 +18,16 @@ from runner.data.examples import TaskData
 from runner.data.truncation import Fitter
 from runner.evaluation import cache
 from runner.evaluation.evaluator import Evaluator
-from runner.evaluation.probes import HEADLINE, HIGHER_IS_BETTER, ProbeData, drift, run_probe
+from runner.evaluation.probes import PROBES, ProbeData, run_probe
 from runner.evaluation.rungs import majority_baseline, tfidf_baseline
 from runner.model.forward import virtual_tokens
 from runner.model.load import causal_lm, merged_adapters
 from runner.model.methods import METHODS
 from runner.model.precision import autocast_dtype, resolve_precision
 from runner.report import uncertainty as stats
-from runner.report.document import forgetting_sentence
+from runner.report.sentences import forgetting_sentence
 from runner.report.uncertainty import ItemScores, add_uncertainty, forgetting_entry
+from runner.results import ProbeResult, RungResult, RunResult, TaskResult
 from runner.spec.types import Spec
 
 BASE_RUNGS = {"base_zero_shot": False, "base_few_shot": True}  # rung -> uses few-shot prompts
@@ -40,12 +41,12 @@ class Scoring:
     spec: Spec
     tasks: list[TaskData]
     probes: list[ProbeData]
-    report: dict
+    result: RunResult | None  # None on another rank, which does not score
     run_dir: Path
     tasks_items: dict[str, dict[str, ItemScores]] = field(default_factory=dict)
     probes_before: dict[str, tuple[dict, torch.Tensor | None]] = field(default_factory=dict)
     probes_after: dict[str, tuple[dict, torch.Tensor | None]] = field(default_factory=dict)
-    drift: dict[str, dict] = field(default_factory=dict)
+    compared: dict[str, dict] = field(default_factory=dict)  # two-model probes (drift): base and tuned together
     cached: dict[str, str] = field(default_factory=dict)  # base unit ("task rung", "probe name") -> fingerprint
     # An experiment's base_scores/ folder: its runs score the base model once and share it,
     # whether or not the user's score cache is on.
@@ -75,11 +76,11 @@ def score_base(evaluator: Evaluator, scoring: Scoring) -> None:
     """The untouched model: majority, zero-shot and few-shot rungs, and every probe's 'before'.
 
     Zero-shot, few-shot and probe results come from the score cache when an earlier run scored
-    the same model on the same rows with the same settings and code (runner.cache); the cheap
+    the same model on the same rows with the same settings and code (runner.evaluation.cache); the cheap
     majority rung is always computed."""
     spec = scoring.spec
     cacheable = any(r in spec.evaluation.baselines for r in BASE_RUNGS) or any(
-        p.probe.kind != "drift" for p in scoring.probes
+        PROBES[p.probe.kind].score is not None for p in scoring.probes
     )
     use_cache = cacheable and bool(scoring.cache_folders())
     context = cache.context_parts(spec, evaluator) if use_cache else None
@@ -98,7 +99,7 @@ def score_base(evaluator: Evaluator, scoring: Scoring) -> None:
                 score = _cached_rung(scoring, context, rung, shots, score)
             score_tasks(rung, scoring, score, evaluator)
     for p in scoring.probes:
-        if p.probe.kind != "drift":
+        if PROBES[p.probe.kind].score is not None:
             scoring.probes_before[p.probe.name] = _probe_before(evaluator, scoring, p, context)
     if use_cache:
         _note_cached(scoring)
@@ -161,22 +162,22 @@ def _about(spec: Spec) -> dict:
 
 
 def _note_cached(scoring: Scoring) -> None:
-    report = scoring.report
-    report.setdefault("cost", {})["score_base_cached"] = len(scoring.cached)
+    result = scoring.result
+    result.cost.score_base_cached = len(scoring.cached)
     if scoring.shared_hits and scoring.spec.run is not None:
-        report.setdefault("notes", []).append(
+        result.notes.append(
             f"The base model was scored once for the whole experiment: {', '.join(scoring.shared_hits)} come from "
             f"the experiment's {scoring.shared.name}/ folder, on the same test rows as every other run."
         )
     elif scoring.shared_hits:
-        report.setdefault("notes", []).append(
+        result.notes.append(
             f"Resumed run: {', '.join(scoring.shared_hits)} of the base model come from this run's "
             f"{scoring.shared.name}/ folder, scored before training started, not scored again."
         )
     from_cache = {unit: key for unit, key in scoring.cached.items() if unit not in scoring.shared_hits}
     if from_cache:
         units = ", ".join(f"{unit} ({key})" for unit, key in from_cache.items())
-        report.setdefault("notes", []).append(
+        result.notes.append(
             f"Base scores reused from cache (fingerprint per unit): {units}. They were scored by an earlier run "
             f"of the same model, rows, settings and code; set evaluation.cache: false or {cache.NO_CACHE_ENV}=1 "
             "to score afresh."
@@ -191,13 +192,14 @@ def score_tuned(evaluator: Evaluator, base: Evaluator, scoring: Scoring) -> None
         if "fine_tuned" in scoring.spec.evaluation.baselines:
             score_tasks("fine_tuned", scoring, lambda data: evaluator.evaluate(data, seed=scoring.spec.seed), evaluator)
         for p in scoring.probes:
-            if p.probe.kind != "drift":
+            if PROBES[p.probe.kind].score is not None:
                 with evaluator.describing(f"fine-tuned, probe {p.probe.name}"):
                     scoring.probes_after[p.probe.name] = run_probe(evaluator, p)
     for p in scoring.probes:
-        if p.probe.kind == "drift":
+        compare = PROBES[p.probe.kind].compare
+        if compare is not None:
             with evaluator.describing(f"fine-tuned, probe {p.probe.name}"):
-                scoring.drift[p.probe.name] = drift(base, evaluator, p)
+                scoring.compared[p.probe.name] = compare(base, evaluator, p)
 
 
 def base_evaluator(tuned: Evaluator, base_copy: torch.nn.Module | None) -> Evaluator:
@@ -225,8 +227,7 @@ def score_tasks(
                 # Inference cost per test row, batched as evaluation.batch_size says.
                 metrics["seconds"] = round(time.perf_counter() - started, 2)
                 metrics["ms_per_example"] = round(1000 * metrics["seconds"] / len(data.test), 1)
-            entry = scoring.report["tasks"][data.task.name]
-            entry.setdefault("test", {})[rung] = metrics
+            entry = scoring.result.tasks[data.task.name]
             for r in records:
                 f.write(json.dumps({"task": data.task.name, "rung": rung, **r}) + "\n")
             correct = torch.tensor([r["correct"] for r in records], dtype=torch.float)
@@ -236,6 +237,7 @@ def score_tasks(
                 logprobs = torch.tensor([list(r["label_logprobs"].values()) for r in records])
                 confidence = torch.softmax(logprobs, dim=1).max(dim=1).values
                 metrics["calibration"] = stats.calibration(confidence, correct)
+            entry.test[rung] = RungResult.from_json(metrics, strict=True)
             if data.task.is_classification:
                 labels = data.task.labels
                 items = ItemScores(
@@ -250,42 +252,48 @@ def score_tasks(
             scoring.tasks_items.setdefault(data.task.name, {})[rung] = items
             if rung == "fine_tuned":
                 n = scoring.spec.evaluation.sample_predictions
-                entry["samples"] = [
+                entry.samples = [
                     {k: r[k] for k in ("row", "id", "gold", "prediction", "correct") if k in r} for r in records[:n]
                 ]
 
 
 def summarize(scoring: Scoring) -> None:
     """Confidence intervals, deltas, forgetting entries and the one-sentence verdict."""
-    spec, report = scoring.spec, scoring.report
+    spec, result = scoring.spec, scoring.result
     samples = spec.evaluation.bootstrap_samples
     for name, items in scoring.tasks_items.items():
-        add_uncertainty(report["tasks"][name], items, samples, spec.seed)
+        add_uncertainty(result.tasks[name], items, samples, spec.seed)
     forgetting = {}
     for name, (before, items_before) in scoring.probes_before.items():
         if name not in scoring.probes_after:
             continue
         after, items_after = scoring.probes_after[name]
-        kind = next(p.kind for p in spec.evaluation.forgetting if p.name == name)
-        metric = HEADLINE[kind]
+        kind = kind_of(spec, name)
+        probe = PROBES[kind]
         forgetting[name] = forgetting_entry(
-            kind, metric, HIGHER_IS_BETTER[metric], before, after, items_before, items_after, samples, spec.seed
+            kind, probe.headline, probe.higher_is_better, before, after, items_before, items_after, samples, spec.seed
         )
-    for name, value in scoring.drift.items():
-        forgetting[name] = {
-            "kind": "drift",
-            "metric": "kl_per_token",
-            "value": round(value["kl_per_token"], 6),
-            "tokens": value["tokens"],
-        }
-    if scoring.probes_after or scoring.drift:
-        report["forgetting"] = forgetting
-        report["forgetting_summary"] = forgetting_sentence(forgetting)
+    for name, found in scoring.compared.items():
+        # A two-model probe's entry: its headline number as `value`, the rest as it came.
+        kind = kind_of(spec, name)
+        metric = PROBES[kind].headline
+        rest = {k: v for k, v in found.items() if k != metric}
+        forgetting[name] = ProbeResult(kind, metric, value=round(found[metric], 6), **rest)
+    if scoring.probes_after or scoring.compared:
+        result.forgetting = forgetting
+        result.forgetting_summary = forgetting_sentence(forgetting)
     elif scoring.probes_before:  # base-only evaluation: the 'before' numbers alone
-        report["probes_base"] = {name: before for name, (before, _) in scoring.probes_before.items()}
+        result.probes_base = {name: before for name, (before, _) in scoring.probes_before.items()}
+
+
+def kind_of(spec: Spec, probe_name: str) -> str:
+    """A probe's kind, by its name in the spec."""
+    return next(p.kind for p in spec.evaluation.forgetting if p.name == probe_name)
 
 
 def make_evaluator(model: torch.nn.Module, encoder: Encoder, spec: Spec, fitter: Fitter | None = None) -> Evaluator:
+    """An evaluator on the GPU when the spec allows one and it exists, with the run's autocast
+    dtype, so scores are taken at the precision training uses."""
     use_gpu = spec.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     device = torch.device("cuda" if use_gpu else "cpu")
     precision = resolve_precision(spec.trainer.precision, spec.trainer.accelerator)
@@ -301,13 +309,13 @@ def make_evaluator(model: torch.nn.Module, encoder: Encoder, spec: Spec, fitter:
     )
 
 
-def describe_data(report: dict, tasks: list[TaskData], findings: list, encoder: Encoder, spec: Spec) -> None:
+def describe_data(result: RunResult, tasks: list[TaskData], findings: list, encoder: Encoder, spec: Spec) -> None:
     """Per task: rows per split and label, rows truncated per split, data checks."""
     for t in tasks:
-        report["tasks"][t.task.name] = {
-            "kind": "classification" if t.task.is_classification else "generation",
-            **({"labels": list(t.task.labels)} if t.task.is_classification else {}),
-            "data": {
+        result.tasks[t.task.name] = TaskResult(
+            kind="classification" if t.task.is_classification else "generation",
+            labels=list(t.task.labels) if t.task.is_classification else None,
+            data={
                 "source": t.task.data.describe(),
                 "files": t.files,
                 "rows": t.rows_read,
@@ -319,23 +327,23 @@ def describe_data(report: dict, tasks: list[TaskData], findings: list, encoder: 
                 "label_end_token": t.label_eos,
                 "checks": checks.as_report(findings, t.task.name),
             },
-        }
+        )
     if spec.model.chat_template and not encoder.use_chat:
-        report["notes"].append("model.chat_template is on but the tokenizer has no chat template: plain prompts used.")
+        result.notes.append("model.chat_template is on but the tokenizer has no chat template: plain prompts used.")
 
 
 @contextlib.contextmanager
-def timed(report: dict | None, key: str):
-    """Record a phase's wall time under report["cost"][key] (nothing without a report: another rank)."""
+def timed(result: RunResult | None, key: str):
+    """Record a phase's wall time as the result's cost `key` (nothing without a result: another rank)."""
     started = time.perf_counter()
     try:
         yield
     finally:
-        if report is not None:
-            report.setdefault("cost", {})[key] = round(time.perf_counter() - started, 1)
+        if result is not None:
+            setattr(result.cost, key, round(time.perf_counter() - started, 1))
 
 
 def needs_base_copy(spec: Spec) -> bool:
     """Drift compares next-token distributions of base and tuned model: an adapter can be
     switched off; a method that trains base weights needs a copy of them."""
-    return METHODS[spec.method.kind].trains_base and any(p.kind == "drift" for p in spec.evaluation.forgetting)
+    return METHODS[spec.method.kind].trains_base and any(PROBES[p.kind].compare for p in spec.evaluation.forgetting)

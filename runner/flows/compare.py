@@ -6,16 +6,22 @@ import json
 from pathlib import Path
 
 from runner.errors import DataError
-from runner.report.document import RUNG_TITLES, RUNGS, headline
 from runner.report.html import to_html, to_markdown
+from runner.report.task_blocks import RUNG_TITLES, RUNGS
+from runner.results import RungResult, RunResult
 
 
-def read_reports(run_dirs: list[Path]) -> list[dict]:
+def read_reports(run_dirs: list[Path]) -> list[RunResult]:
+    """Each folder's report.json, in the order given.
+
+    Raises:
+        DataError: naming every folder without a readable report at once, not just the first.
+    """
     reports, problems = [], []
     for run_dir in run_dirs:
         path = run_dir / "report.json"
         try:
-            reports.append(json.loads(path.read_text()))
+            reports.append(RunResult.from_json(json.loads(path.read_text())))
         except FileNotFoundError:
             problems.append(f"{run_dir}: no report.json; give run folders written by `runner run` or `runner eval`.")
         except json.JSONDecodeError as exc:
@@ -25,53 +31,62 @@ def read_reports(run_dirs: list[Path]) -> list[dict]:
     return reports
 
 
-def comparison(reports: list[dict], run_dirs: list[Path]) -> list[tuple]:
+def comparison(reports: list[RunResult], run_dirs: list[Path]) -> list[tuple]:
     """Blocks (see report.document) with one column per run."""
-    columns = [f"{r['name']} ({Path(d).name}, {r['model']['method']})" for r, d in zip(reports, run_dirs)]
+    columns = [f"{r.name} ({Path(d).name}, {r.model['method']})" for r, d in zip(reports, run_dirs)]
     blocks: list[tuple] = [("h1", "Run comparison")]
     blocks.append(
         (
             "table",
             ["run", "status", "model", "method", "folder"],
             [
-                [c, r["status"], r["model"]["source"], r["model"]["method"], str(d)]
+                [c, r.status, r.model["source"], r.model["method"], str(d)]
                 for c, r, d in zip(columns, reports, run_dirs)
             ],
         )
     )
-    task_names = list(dict.fromkeys(name for r in reports for name in r.get("tasks", {})))
+    task_names = list(dict.fromkeys(name for r in reports for name in r.tasks))
     for name in task_names:
-        rows = []
-        metrics = []
-        for r in reports:
-            for m in r.get("tasks", {}).get(name, {}).get("test", {}).values():
-                metrics += [headline(m)] + (["f1_macro"] if "f1_macro" in m else [])
-                break
-        for rung in RUNGS:
-            for metric in dict.fromkeys(metrics):
-                cells = []
-                for r in reports:
-                    m = r.get("tasks", {}).get(name, {}).get("test", {}).get(rung)
-                    cells.append(_metric(m, metric) if m else "—")
-                if any(c != "—" for c in cells):
-                    rows.append([f"{RUNG_TITLES[rung]}: {metric}", *cells])
-        blocks += [("h2", f"Task `{name}`"), ("table", ["", *columns], rows)]
-    probe_names = list(dict.fromkeys(p for r in reports for p in r.get("forgetting", {})))
+        blocks += [("h2", f"Task `{name}`"), ("table", ["", *columns], _task_rows(reports, name))]
+    probe_names = list(dict.fromkeys(p for r in reports for p in r.forgetting or {}))
     if probe_names:
-        rows = []
-        for probe in probe_names:
-            cells = []
-            for r in reports:
-                e = r.get("forgetting", {}).get(probe)
-                if e is None:
-                    cells.append("—")
-                elif e["kind"] == "drift":
-                    cells.append(f"{e['value']:.4f}")
-                else:
-                    cells.append(f"{e['before']:.3f} → {e['after']:.3f} ({e['delta']:+.3f})")
-            rows.append([probe, *cells])
+        rows = [[probe, *(_forgetting_cell(r, probe) for r in reports)] for probe in probe_names]
         blocks += [("h2", "Forgetting (before → after)"), ("table", ["probe", *columns], rows)]
-    rows = [
+    blocks += [("h2", "Cost"), ("table", ["", *columns], _cost_rows(reports))]
+    return blocks
+
+
+def _task_rows(reports: list[RunResult], name: str) -> list[list[str]]:
+    """One row per rung and headline metric of task `name`; rows no run has a value for are left out."""
+    tests = [r.tasks[name].test if name in r.tasks else {} for r in reports]
+    metrics = []
+    for test in tests:
+        # One rung per run suffices: a task's rungs all report the same kind (classification or generation).
+        for m in test.values():
+            metrics += [m.headline()] + (["f1_macro"] if m.f1_macro is not None else [])
+            break
+    rows = []
+    for rung in RUNGS:
+        for metric in dict.fromkeys(metrics):
+            cells = [_metric(test[rung], metric) if rung in test else "—" for test in tests]
+            if any(c != "—" for c in cells):
+                rows.append([f"{RUNG_TITLES[rung]}: {metric}", *cells])
+    return rows
+
+
+def _forgetting_cell(report: RunResult, probe: str) -> str:
+    """A two-model probe's one value, or a probe's before → after (change); "—" if the run lacks it."""
+    e = (report.forgetting or {}).get(probe)
+    if e is None:
+        return "—"
+    if e.two_model:
+        return f"{e.value:.4f}"
+    return f"{e.before:.3f} → {e.after:.3f} ({e.delta:+.3f})"
+
+
+def _cost_rows(reports: list[RunResult]) -> list[list[str]]:
+    """The cost table's rows: parameters, time, speed, size, memory and epochs, one cell per run."""
+    return [
         ["trainable parameters", *(_cost(r, "trainable_params", "{:,}") for r in reports)],
         ["total parameters", *(_cost(r, "total_params", "{:,}") for r in reports)],
         ["train time (s)", *(_cost(r, "train_seconds", "{:.0f}") for r in reports)],
@@ -80,17 +95,17 @@ def comparison(reports: list[dict], run_dirs: list[Path]) -> list[tuple]:
         ["peak memory (MB)", *(_cost(r, "peak_rss_mb", "{:.0f}") for r in reports)],
         [
             "epochs run / best",
-            *(
-                f"{r['training']['epochs_run']} / {r['training']['best_epoch']}" if r.get("training") else "—"
-                for r in reports
-            ),
+            *(f"{r.training.epochs_run} / {r.training.best_epoch}" if r.training else "—" for r in reports),
         ],
     ]
-    blocks += [("h2", "Cost"), ("table", ["", *columns], rows)]
-    return blocks
 
 
 def write_comparison(run_dirs: list[Path], output: Path) -> tuple[Path, Path, str]:
+    """Write compare.md and compare.html into `output` (created if missing).
+
+    Returns:
+        The two paths and the markdown, which the CLI also prints.
+    """
     reports = read_reports(run_dirs)
     blocks = comparison(reports, run_dirs)
     output.mkdir(parents=True, exist_ok=True)
@@ -101,13 +116,16 @@ def write_comparison(run_dirs: list[Path], output: Path) -> tuple[Path, Path, st
     return md_path, html_path, markdown
 
 
-def _metric(metrics: dict, key: str) -> str:
-    if key not in metrics:
+def _metric(rung: RungResult, key: str) -> str:
+    """A rung's metric with its 95% interval; "—" when the rung has no such metric."""
+    value = rung.value(key)
+    if value is None:
         return "—"
-    ci = metrics.get("ci95", {}).get(key)
-    return f"{metrics[key]:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+    ci = rung.ci95.get(key)
+    return f"{value:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
 
 
-def _cost(report: dict, key: str, fmt: str) -> str:
-    value = report.get("cost", {}).get(key)
+def _cost(report: RunResult, key: str, fmt: str) -> str:
+    """One cost figure of a run, formatted; "—" when the run did not measure it."""
+    value = getattr(report.cost, key)
     return fmt.format(value) if value is not None else "—"

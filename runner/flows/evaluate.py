@@ -21,10 +21,9 @@ from runner.flows.run import guarded
 from runner.inputs import Inputs, print_findings
 from runner.preflight import preflight
 from runner.report.tensorboard import hparam_metrics, hparams
-from runner.rundir.folder import (
-    finish,
-    new_run_dir,
-)
+from runner.results import RunResult
+from runner.rundir.folder import new_run_dir
+from runner.rundir.report_files import finish
 from runner.spec.types import Spec
 from runner.training.setup import load_checkpoint_model, prepared_model, quiet_libraries
 
@@ -35,27 +34,27 @@ def evaluate_spec(spec: Spec, checkpoint: Path | None, output_dir: Path | None =
     (inputs,) = preflight(spec, output_dir=output_dir, writes=True)
     print_findings(inputs.findings)
     run_dir = new_run_dir(output_dir or spec.output_dir, spec.name)
-    return guarded(spec, run_dir, "eval", inputs, lambda report: evaluate(spec, run_dir, report, inputs, checkpoint))
+    return guarded(spec, run_dir, "eval", inputs, lambda result: evaluate(spec, run_dir, result, inputs, checkpoint))
 
 
-def evaluate(spec: Spec, run_dir: Path, report: dict, inputs: Inputs, checkpoint: Path | None) -> None:
+def evaluate(spec: Spec, run_dir: Path, result: RunResult, inputs: Inputs, checkpoint: Path | None) -> None:
     """The base model scored, then the checkpoint's model if given, against it; the report written."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
     torch.manual_seed(spec.seed)
-    with timed(report, "load_model_seconds"):
+    with timed(result, "load_model_seconds"):
         model, tokenizer = prepared_model(spec)
-    scoring = Scoring(spec, inputs.tasks, inputs.probes, report, run_dir)
+    scoring = Scoring(spec, inputs.tasks, inputs.probes, result, run_dir)
     evaluator = make_evaluator(model, inputs.encoder, spec, inputs.fitter)
-    with timed(report, "score_base_seconds"):
+    with timed(result, "score_base_seconds"):
         score_base(evaluator, scoring)
     if checkpoint is not None:
-        report["checkpoint"] = str(checkpoint)
+        result.checkpoint = str(checkpoint)
         base_copy = copy.deepcopy(model) if needs_base_copy(spec) else None
         tuned = load_checkpoint_model(model, tokenizer, spec, checkpoint)
         evaluator.model = tuned.to(evaluator.device)
         score_tuned(evaluator, base_evaluator(evaluator, base_copy), scoring)
     summarize(scoring)
     logger = TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)
-    logger.log_hyperparams(hparams(spec), hparam_metrics(report))
-    finish(run_dir, report, "complete", writer=logger.experiment, step=0)
+    logger.log_hyperparams(hparams(spec), hparam_metrics(result))
+    finish(run_dir, result, "complete", writer=logger.experiment, step=0)

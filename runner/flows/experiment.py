@@ -35,7 +35,7 @@ from runner.report.comparison import write_comparison
 from runner.rundir.experiment import SHARED_SCORES, claim_run, current_states, locked, open_experiment, release_run
 from runner.rundir.folder import last_checkpoint
 from runner.spec.types import Spec
-from runner.training import memory as reporting
+from runner.training.memory import reset_peak_rss
 
 
 def run_experiment_runs(
@@ -154,7 +154,7 @@ def train_claimed(parent: Path, run_spec: Spec, inputs: Inputs, tag: str) -> str
         + (f": {run_spec.run.description}" if run_spec.run.description else ""),
         file=sys.stderr,
     )
-    reporting.reset_peak_rss()  # each run's report gives its own peak memory
+    reset_peak_rss()  # each run's report gives its own peak memory
     status = "interrupted"  # unless training returns or fails (Interrupted passes through)
     try:
         train_run(run_spec, folder, inputs, resume_from, shared=parent / SHARED_SCORES)

@@ -12,10 +12,17 @@ from pathlib import Path
 
 from runner.errors import RunnerError
 from runner.model.methods import METHODS
-from runner.rundir.folder import load_run_model, read_inference
+from runner.rundir.model_files import load_run_model, read_inference
 
 
 def export(run_dir: Path, out: Path, merged: bool) -> Path:
+    """Write the run's model to a new folder `out`, merged into the base weights or as its peft adapter.
+
+    The folder is written beside `out` and renamed into place, so a failed export leaves nothing at `out`.
+
+    Raises:
+        RunnerError: `out` is not empty, or the run's method cannot be exported that way.
+    """
     inference = read_inference(run_dir)
     method = METHODS[inference["method"]]
     if out.exists() and (not out.is_dir() or any(out.iterdir())):

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from runner.evaluation.probes import ProbeData
+from runner.evaluation.probes import PROBES, ProbeData, run_probe
 from runner.flows.preview import summary_text
 from runner.inputs import Inputs
 from runner.preflight import preflight
@@ -111,6 +111,7 @@ def plan_experiment(spec: Spec) -> dict:
 
 
 def experiment_plan_text(result: dict) -> str:
+    """The plan of an experiment (plan_experiment's result) as a table, one line per run, and the total."""
     first = next(iter(result["runs"].values()))
     lines = [
         first["data"],
@@ -148,6 +149,7 @@ def run_header(spec: Spec, batches_per_epoch: int, trainable: int, total: int) -
 
 
 def plan_text(result: dict) -> str:
+    """The plan of one run (plan's result) as text: data, steps, the time per phase and peak memory."""
     est = result["estimate_seconds"]
     lines = [
         result["data"],
@@ -249,7 +251,7 @@ def _scoring_estimate(spec: Spec, inputs: Inputs, model) -> dict:
             tuned += scale * _seconds(evaluator.evaluate, part, seed=spec.seed)
     for probe in inputs.probes:
         seconds = _probe_seconds(evaluator, probe)
-        if probe.probe.kind == "drift":
+        if PROBES[probe.probe.kind].compare is not None:
             tuned += 2 * seconds  # both models' distributions on the same windows
         else:
             tuned += seconds
@@ -261,9 +263,7 @@ def _scoring_estimate(spec: Spec, inputs: Inputs, model) -> dict:
 
 
 def _probe_seconds(evaluator, data: ProbeData) -> float:
-    from runner.evaluation.probes import run_probe
-
-    if data.probe.kind in ("perplexity", "drift"):
+    if PROBES[data.probe.kind].reads_text:
         windows = evaluator.text_windows(data.text, data.probe.max_tokens)
         sample = windows[: max(2, SAMPLE_ROWS // 4)]
         if not sample:

@@ -23,15 +23,16 @@ import torch
 from runner.data.encode import Encoder
 from runner.data.examples import Example, TaskData, render_example
 from runner.data.read import read_rows
-from runner.data.sandbox import TemplateProblem, template_environment
+from runner.data.sandbox import template_environment
+from runner.data.template_bounds import TemplateProblem
 from runner.data.templates import load_template
 from runner.data.truncation import Fitter
 from runner.errors import DataError, RunnerError
-from runner.evaluation.evaluator import Evaluator
+from runner.evaluation.evaluator import Answers, Evaluator
 from runner.limits import DEFAULT_LIMITS, Limits, limits_from
 from runner.model.load import merged_adapters
 from runner.model.precision import autocast_dtype
-from runner.rundir.folder import load_run_model, read_inference
+from runner.rundir.model_files import load_run_model, read_inference
 from runner.spec.types import DataSource, TaskSpec
 
 FORMATS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
@@ -62,7 +63,16 @@ def predict(
         id_field=entry["id_field"],
     )
     examples, gold = examples_of(task, rows, source if source != "-" else "standard input", limits)
+    answers = _answers(run_dir, inference, task, examples, limits)
+    return _write_predictions(task, examples, gold, answers, output)
 
+
+def _answers(run_dir: Path, inference: dict, task: TaskSpec, examples: list[Example], limits: Limits) -> Answers:
+    """Load the run's model and answer every example with the settings inference.json recorded.
+
+    The examples are shortened in place first, as the run shortened its own rows.
+    """
+    entry = inference["tasks"][task.name]
     model, tokenizer = load_run_model(run_dir, inference)
     encoder = Encoder(tokenizer, inference["max_length"], inference["chat_template"])
     fitter = Fitter(encoder, inference["truncation"], limits)
@@ -76,26 +86,24 @@ def predict(
         torch.device("cuda" if torch.cuda.is_available() else "cpu"),
         autocast_dtype(inference["precision"]),
         fitter=fitter,
-        phase=f"predict {task_name}",
+        phase=f"predict {task.name}",
     )
     evaluator.model = model.to(evaluator.device)
     with merged_adapters(evaluator.model):  # as the run scored its test split
-        answers = evaluator.answer(data, examples)
+        return evaluator.answer(data, examples)
 
+
+def _write_predictions(
+    task: TaskSpec, examples: list[Example], gold: list[str | None], answers: Answers, output: Path | None
+) -> dict:
+    """One JSON line per example; the summary counts rows, rows with a gold label, and accuracy on those.
+
+    `accuracy` is None when no row carried a usable label.
+    """
     correct = []
     with _output(output) as out:
         for i, example in enumerate(examples):
-            record = {"row": example.row, **({"id": example.id} if example.id is not None else {})}
-            if task.is_classification:
-                logprobs = answers.label_logprobs[i]
-                probabilities = torch.softmax(logprobs, dim=0)
-                best = int(logprobs.argmax())
-                record["prediction"] = task.labels[best]
-                record["probabilities"] = {label: round(float(p), 6) for label, p in zip(task.labels, probabilities)}
-                record["label_logprobs"] = {label: round(float(s), 4) for label, s in zip(task.labels, logprobs)}
-            else:
-                record["prediction"] = answers.texts[i]
-            record["truncated"] = bool(example.truncated or answers.cut[i])
+            record = _prediction_record(task, example, answers, i)
             if gold[i] is not None:
                 record["gold"] = gold[i]
                 record["correct"] = record["prediction"] == gold[i]
@@ -106,6 +114,23 @@ def predict(
         "with_gold": len(correct),
         "accuracy": sum(correct) / len(correct) if correct else None,
     }
+
+
+def _prediction_record(task: TaskSpec, example: Example, answers: Answers, i: int) -> dict:
+    """Example `i`'s prediction: the best label with every label's probability and log-probability
+    (classification), or the generated text; `truncated` if its prompt was shortened anywhere."""
+    record = {"row": example.row, **({"id": example.id} if example.id is not None else {})}
+    if task.is_classification:
+        logprobs = answers.label_logprobs[i]
+        probabilities = torch.softmax(logprobs, dim=0)
+        best = int(logprobs.argmax())
+        record["prediction"] = task.labels[best]
+        record["probabilities"] = {label: round(float(p), 6) for label, p in zip(task.labels, probabilities)}
+        record["label_logprobs"] = {label: round(float(s), 4) for label, s in zip(task.labels, logprobs)}
+    else:
+        record["prediction"] = answers.texts[i]
+    record["truncated"] = bool(example.truncated or answers.cut[i])
+    return record
 
 
 def examples_of(

@@ -31,6 +31,10 @@ def preview(spec: Spec, rows: int, split: str, as_json: bool) -> str:
 
 
 def row_record(inputs: Inputs, data: TaskData, split: str, example: Example) -> dict:
+    """One row as the model sees it: decoded prompt and loss text, token counts, whether it was shortened.
+
+    `truncated` is true if the row was shortened to fit, or if encoding it here had to cut it.
+    """
     encoder = inputs.encoder
     cuts_before = encoder.cuts
     encoded = encoder.encode(example, data.completion_eos)
@@ -53,6 +57,7 @@ def row_record(inputs: Inputs, data: TaskData, split: str, example: Example) -> 
 
 
 def row_text(record: dict) -> str:
+    """A record as text: a header line, then the prompt with the loss tokens between ⟦ and ⟧."""
     flags = " · shortened to fit max_length" if record["truncated"] else ""
     head = (
         f"── task {record['task']} · {record['split']} row {record['row']}"
@@ -63,6 +68,9 @@ def row_text(record: dict) -> str:
 
 
 def summary_text(inputs: Inputs, spec: Spec) -> str:
+    """Per task and split: rows and token lengths (min, median, p90, max), shortened rows, label
+    counts for classification; then every data-check finding.
+    """
     lines = [f"Tokens per row (prompt + completion, as trained; {LOSS_OPEN}…{LOSS_CLOSE} marks the loss tokens above):"]
     for data in inputs.tasks:
         lines.append(f"task {data.task.name}: {data.task.data.describe()}")
@@ -87,5 +95,6 @@ def summary_text(inputs: Inputs, spec: Spec) -> str:
 
 
 def percentile(values: list[int], q: float) -> int:
+    """The `q` quantile as the sorted value at index int(q * n): no interpolation, always one of the values."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import torch
 from runner.data.mixture import FineTuneData
 from runner.data.split import splits_record
 from runner.errors import Interrupted, RunnerError, SpecError
+from runner.evaluation.evaluator import Evaluator
 from runner.evaluation.scoring import (
     Scoring,
     base_evaluator,
@@ -40,19 +42,16 @@ from runner.model.methods import METHODS, apply_method
 from runner.model.precision import resolve_precision
 from runner.preflight import preflight
 from runner.report.tensorboard import hparam_metrics, hparams
+from runner.results import Cost, RunResult, TrainingResult
 from runner.rundir.folder import (
-    export_model,
-    finish,
     folder_mb,
     input_fingerprints,
     last_checkpoint,
     new_run_dir,
     resume_problems,
-    start_report,
-    write_inference_files,
-    write_json,
     write_run_header,
 )
+from runner.rundir.model_files import export_model, write_inference_files
 from runner.rundir.ranks import (
     RUN_DIR_ENV,
     agreed_run_dir,
@@ -61,6 +60,7 @@ from runner.rundir.ranks import (
     launched_externally,
     wait_for_header,
 )
+from runner.rundir.report_files import finish, start_report, write_report
 from runner.spec.types import Spec
 from runner.training.callbacks import STOP
 from runner.training.memory import peak_rss_mb
@@ -156,7 +156,7 @@ def train_run(
         run_dir,
         "train",
         inputs,
-        lambda report: train(spec, run_dir, report, inputs, resume_from, shared, base_later),
+        lambda result: train(spec, run_dir, result, inputs, resume_from, shared, base_later),
     )
 
 
@@ -173,31 +173,31 @@ def describe_training_data(datamodule: FineTuneData, spec: Spec) -> dict:
     return out
 
 
-def guarded(spec: Spec, run_dir: Path, mode: str, inputs: Inputs, flow) -> Path:
+def guarded(spec: Spec, run_dir: Path, mode: str, inputs: Inputs, flow: Callable[[RunResult], None]) -> Path:
     """Run a flow with its report kept honest: whatever stops it (an error, Ctrl-C, SIGTERM from
     a scheduler), report.json says so and report.md/html show what was done."""
     # A resumed run keeps the header it started with (checked equal by check_resumable).
     resumed = mode == "train" and (run_dir / "spec.yaml").is_file() and (run_dir / "checkpoints").is_dir()
     if not resumed:
         write_run_header(run_dir, spec, splits_record(inputs.tasks, spec.seed), input_fingerprints(spec, inputs.tasks))
-    report = start_report(spec, run_dir, mode)
-    describe_data(report, inputs.tasks, inputs.findings, inputs.encoder, spec)
-    report.setdefault("cost", {})["prepare_seconds"] = round(inputs.seconds, 1)
-    write_json(run_dir / "report.json", report)  # "running", from the start
+    result = start_report(spec, run_dir, mode)
+    describe_data(result, inputs.tasks, inputs.findings, inputs.encoder, spec)
+    result.cost.prepare_seconds = round(inputs.seconds, 1)
+    write_report(run_dir, result)  # "running", from the start
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     for sig in previous:
         signal.signal(sig, _raise_interrupted)
     try:
-        flow(report)
+        flow(result)
     except Interrupted as exc:
         exc.detail = f"the report in {run_dir} says so; continue with: {resume_command(spec, run_dir)}"
-        finish(run_dir, report, "interrupted", f"stopped by {exc.name}; continue with: {resume_command(spec, run_dir)}")
+        finish(run_dir, result, "interrupted", f"stopped by {exc.name}; continue with: {resume_command(spec, run_dir)}")
         raise
     except RunnerError as exc:
-        finish(run_dir, report, "failed", exc.message)
+        finish(run_dir, result, "failed", exc.message)
         raise
     except Exception as exc:
-        finish(run_dir, report, "failed", f"{type(exc).__name__}: {exc}")
+        finish(run_dir, result, "failed", f"{type(exc).__name__}: {exc}")
         raise
     finally:
         for sig, handler in previous.items():
@@ -222,6 +222,7 @@ def _raise_interrupted(signum: int, frame) -> None:
 
 
 def resume_command(spec: Spec, run_dir: Path) -> str:
+    """The command that continues this run, printed when it stops early."""
     # A run of an experiment continues with its experiment (variants/<run>/ -> the parent).
     folder = run_dir.parent.parent if spec.run is not None else run_dir
     return f"runner run {spec.source_path or 'SPEC'} --resume {folder}"
@@ -230,66 +231,69 @@ def resume_command(spec: Spec, run_dir: Path) -> str:
 def train(
     spec: Spec,
     run_dir: Path,
-    report: dict | None,
+    result: RunResult | None,
     inputs: Inputs,
     resume_from: Path | None,
     shared: Path | None,
     base_later: bool,
 ) -> None:
-    """The run on one rank, top to bottom; `report` is rank 0's (None on the others, which train
+    """The run on one rank, top to bottom; `result` is rank 0's (None on the others, which train
     and leave scoring and writing to rank 0)."""
     import lightning as L
 
-    rank_zero = report is not None
+    rank_zero = result is not None
     L.seed_everything(spec.training.seed, verbose=False)
     # The model first, untouched: its base scores are taken before the method changes it.
-    with timed(report, "load_model_seconds"):
+    with timed(result, "load_model_seconds"):
         model, tokenizer = prepared_model(spec)
     datamodule = make_datamodule(inputs, spec)
     evaluator = make_evaluator(model, inputs.encoder, spec, inputs.fitter)
-    scoring = Scoring(spec, inputs.tasks, inputs.probes, report, run_dir, shared=shared) if rank_zero else None
+    scoring = Scoring(spec, inputs.tasks, inputs.probes, result, run_dir, shared=shared) if rank_zero else None
     # The base copy (drift, or base scoring after training) is taken before the model moves to
     # the accelerator: it stays in CPU memory.
     base_copy = copy.deepcopy(model) if rank_zero and keeps_base_copy(spec, base_later) else None
     if rank_zero:
-        report["training_data"] = describe_training_data(datamodule, spec)
+        result.training_data = describe_training_data(datamodule, spec)
         (run_dir / "predictions.jsonl").unlink(missing_ok=True)  # a resumed run scores everything again
         if not base_later:
-            with timed(report, "score_base_seconds"):
+            with timed(result, "score_base_seconds"):
                 score_base(evaluator, scoring)
-            write_json(run_dir / "report.json", report)
+            write_report(run_dir, result)
 
     # Then the method (which parameters train), then the module that hands the optimizer
     # exactly those parameters, then fit.
     model = apply_method(model, spec.method, tokenizer)
     module = trainable_module(model, spec, inputs.tasks, evaluator)
     if rank_zero:
-        record_parameters(report, spec, model, len(datamodule.train_dataloader()))
-    result, trainer = fit(module, datamodule, spec, run_dir, resume_from)
+        record_parameters(result.cost, spec, model, len(datamodule.train_dataloader()))
+    fitted, trainer = fit(module, datamodule, spec, run_dir, resume_from)
     if not trainer.is_global_zero:
         return  # evaluation and the report are rank 0's
     if trainer.received_sigterm:  # Lightning stopped fit on SIGTERM; the run did not finish
         raise Interrupted(signal.SIGTERM)
 
     # The best checkpoint's weights are what is exported and scored.
-    if result.best_checkpoint is not None:
-        load_weights(module, result.best_checkpoint)
+    if fitted.best_checkpoint is not None:
+        load_weights(module, fitted.best_checkpoint)
     export_model(module.model, tokenizer, run_dir / "model")
-    write_inference_files(
-        run_dir, spec, inputs.tasks, resolve_precision(spec.trainer.precision, spec.trainer.accelerator)
-    )
+    precision = resolve_precision(spec.trainer.precision, spec.trainer.accelerator)
+    write_inference_files(run_dir, spec, inputs.tasks, precision)
     evaluator.model = module.model.to(evaluator.device)
-    base = base_evaluator(evaluator, base_copy)
-    if base_later:
-        with timed(report, "score_base_seconds"):
-            score_base(base, scoring)
-    with timed(report, "score_tuned_seconds"):
-        score_tuned(evaluator, base, scoring)
-    report["training"] = training_record(result, module)
-    report["cost"] = {**report["cost"], **cost_record(result, run_dir)}
+    score_after(evaluator, base_evaluator(evaluator, base_copy), scoring, base_later)
+    result.training = training_record(fitted, module)
+    record_cost(result.cost, fitted, run_dir)
     summarize(scoring)
-    trainer.logger.log_hyperparams(hparams(spec), hparam_metrics(report))
-    finish(run_dir, report, "complete", writer=trainer.logger.experiment, step=result.global_steps)
+    trainer.logger.log_hyperparams(hparams(spec), hparam_metrics(result))
+    finish(run_dir, result, "complete", writer=trainer.logger.experiment, step=fitted.global_steps)
+
+
+def score_after(tuned: Evaluator, base: Evaluator, scoring: Scoring, base_later: bool) -> None:
+    """The tuned model's rung and probes; the base model's too when they were put off (a launcher)."""
+    if base_later:
+        with timed(scoring.result, "score_base_seconds"):
+            score_base(base, scoring)
+    with timed(scoring.result, "score_tuned_seconds"):
+        score_tuned(tuned, base, scoring)
 
 
 def keeps_base_copy(spec: Spec, base_later: bool) -> bool:
@@ -298,36 +302,33 @@ def keeps_base_copy(spec: Spec, base_later: bool) -> bool:
     return needs_base_copy(spec) or (base_later and METHODS[spec.method.kind].trains_base)
 
 
-def record_parameters(report: dict, spec: Spec, model: torch.nn.Module, batches_per_epoch: int) -> None:
+def record_parameters(cost: Cost, spec: Spec, model: torch.nn.Module, batches_per_epoch: int) -> None:
     """The trainable share in the report's cost, and the run's header line on the terminal."""
-    trainable, total = count_parameters(model)
-    report["cost"] = {**report.get("cost", {}), "trainable_params": trainable, "total_params": total}
-    print(run_header(spec, batches_per_epoch, trainable, total), file=sys.stderr)
+    cost.trainable_params, cost.total_params = count_parameters(model)
+    print(run_header(spec, batches_per_epoch, cost.trainable_params, cost.total_params), file=sys.stderr)
 
 
-def training_record(result: FitResult, module: FineTuner) -> dict:
-    """report.json's `training`: how training went, epoch by epoch."""
-    return {
-        "epochs_run": result.epochs_run,
-        "best_epoch": result.best_epoch,
-        "best_val_loss": result.best_val_loss,
-        "monitor": result.monitor,
-        "best_monitor": result.best_monitor,
-        "stopped_early": result.stopped_early,
-        "stopped_by_time": result.stopped_by_time,
-        "global_steps": result.global_steps,
-        "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
-        "resumed_from_step": module.resumed_from_step,
-        "epochs": result.history,
-    }
+def training_record(fitted: FitResult, module: FineTuner) -> TrainingResult:
+    """How training went, epoch by epoch."""
+    return TrainingResult(
+        epochs_run=fitted.epochs_run,
+        best_epoch=fitted.best_epoch,
+        best_val_loss=fitted.best_val_loss,
+        monitor=fitted.monitor,
+        best_monitor=fitted.best_monitor,
+        stopped_early=fitted.stopped_early,
+        stopped_by_time=fitted.stopped_by_time,
+        global_steps=fitted.global_steps,
+        best_checkpoint=str(fitted.best_checkpoint) if fitted.best_checkpoint else None,
+        resumed_from_step=module.resumed_from_step,
+        epochs=fitted.history,
+    )
 
 
-def cost_record(result: FitResult, run_dir: Path) -> dict:
+def record_cost(cost: Cost, fitted: FitResult, run_dir: Path) -> None:
     """What training cost: time, memory, throughput and the exported model's size."""
-    return {
-        "train_seconds": round(result.seconds, 2),
-        "peak_rss_mb": peak_rss_mb(),
-        "tokens_per_second": round(result.tokens / result.step_seconds, 1) if result.step_seconds else 0.0,
-        "train_tokens": result.tokens,
-        "checkpoint_mb": folder_mb(run_dir / "model"),
-    }
+    cost.train_seconds = round(fitted.seconds, 2)
+    cost.peak_rss_mb = peak_rss_mb()
+    cost.tokens_per_second = round(fitted.tokens / fitted.step_seconds, 1) if fitted.step_seconds else 0.0
+    cost.train_tokens = fitted.tokens
+    cost.checkpoint_mb = folder_mb(run_dir / "model")

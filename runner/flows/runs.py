@@ -11,7 +11,7 @@ import os
 import socket
 from pathlib import Path
 
-from runner.report.document import headline
+from runner.results import RunResult, TaskResult
 
 ACTIVE = ("running",)
 
@@ -30,8 +30,8 @@ def describe(path: Path, root: Path, now: dt.datetime) -> dict:
     """One row: what the run is, how it ended, what it scored, what to do next."""
     run_dir = path.parent
     try:
-        report = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        report = RunResult.from_json(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError, AttributeError) as exc:  # one bad file must not hide the other runs
         return {
             "run": _relative(run_dir, root),
             "status": "unreadable",
@@ -40,28 +40,29 @@ def describe(path: Path, root: Path, now: dt.datetime) -> dict:
             "result": str(exc)[:80],
             "next": "",
         }
-    status = report.get("status", "?")
+    status = report.status
     if status in ACTIVE and not _alive(report):
         status = "stopped"  # killed or machine lost: its report could not say so
-    started = _parse_time(report.get("started_at"))
-    result = "; ".join(_task_result(name, task) for name, task in report.get("tasks", {}).items() if task.get("test"))
+    started = _parse_time(report.started_at)
+    result = "; ".join(_task_result(name, task) for name, task in report.tasks.items() if task.test)
     nxt = ""
     if status in RESUMABLE and (run_dir / "checkpoints" / "last.ckpt").is_file():
-        folder = run_dir.parent.parent if report.get("variant") else run_dir
-        nxt = f"runner run {report.get('spec_path') or 'SPEC'} --resume {folder}"
+        folder = run_dir.parent.parent if report.variant else run_dir
+        nxt = f"runner run {report.spec_path or 'SPEC'} --resume {folder}"
     elif status in RESUMABLE:
         nxt = "no checkpoint yet: run it again"
     return {
         "run": _relative(run_dir, root),
         "status": status,
         "age": _age(now - started) if started else "",
-        "method": report.get("model", {}).get("method", ""),
-        "result": result or ("—" if status != "failed" else (report.get("error") or "")[:80]),
+        "method": report.model.get("method", ""),
+        "result": result or ("—" if status != "failed" else (report.error or "")[:80]),
         "next": nxt,
     }
 
 
 def runs_table(root: Path) -> str:
+    """A plain-text table, one line per run, columns padded to fit; a sentence instead when there is none."""
     reports = find_reports(root)
     if not reports:
         return f"No runs under {root} (no report.json found)."
@@ -74,29 +75,31 @@ def runs_table(root: Path) -> str:
     return "\n".join(lines)
 
 
-def _task_result(name: str, task: dict) -> str:
-    tests = task["test"]
+def _task_result(name: str, task: TaskResult) -> str:
+    """A task's best-known score: the fine-tuned rung's (beside zero-shot), else the highest rung scored."""
+    tests = task.test
     rung = next(
         (r for r in ("fine_tuned", "base_zero_shot", "base_few_shot", "majority") if r in tests), next(iter(tests))
     )
-    metric = headline(tests[rung])
-    value = tests[rung].get(metric)
+    metric = tests[rung].headline()
+    value = tests[rung].value(metric)
     if value is None:
         return f"{name}: —"
     text = f"{name} {metric} {value:.3f}"
-    ci = tests[rung].get("ci95", {}).get(metric)
+    ci = tests[rung].ci95.get(metric)
     if ci:
         text += f" [{ci[0]:.2f}, {ci[1]:.2f}]"
+    zero_shot = tests["base_zero_shot"].value(metric) if "base_zero_shot" in tests else None
     if rung != "fine_tuned":
         text += f" ({rung})"
-    elif "base_zero_shot" in tests and tests["base_zero_shot"].get(metric) is not None:
-        text += f" (zero-shot {tests['base_zero_shot'][metric]:.3f})"
+    elif zero_shot is not None:
+        text += f" (zero-shot {zero_shot:.3f})"
     return text
 
 
-def _alive(report: dict) -> bool:
+def _alive(report: RunResult) -> bool:
     """Whether the process that writes this report still runs (unknown hosts count as alive)."""
-    pid, host = report.get("pid"), report.get("host")
+    pid, host = report.pid, report.host
     if pid is None or host != socket.gethostname():
         return True
     try:
@@ -109,6 +112,7 @@ def _alive(report: dict) -> bool:
 
 
 def _parse_time(text: str | None) -> dt.datetime | None:
+    """An ISO time from the report; None when missing or malformed, so the age is left blank."""
     try:
         return dt.datetime.fromisoformat(text) if text else None
     except ValueError:
@@ -116,6 +120,7 @@ def _parse_time(text: str | None) -> dt.datetime | None:
 
 
 def _age(delta: dt.timedelta) -> str:
+    """A duration as one rounded unit: 3 d, 5 h, 12 min or 40 s ago."""
     seconds = max(0, int(delta.total_seconds()))
     for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
         if seconds >= size:
@@ -124,6 +129,7 @@ def _age(delta: dt.timedelta) -> str:
 
 
 def _relative(path: Path, root: Path) -> str:
+    """The run folder relative to the listed root, or whole when it lies outside."""
     try:
         return str(path.relative_to(root)) or "."
     except ValueError:

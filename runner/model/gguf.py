@@ -39,6 +39,7 @@ def gguf_quantisation(path: Path) -> str:
 
 
 def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks; the report records it to pin the exact weights."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -47,6 +48,7 @@ def file_sha256(path: Path) -> str:
 
 
 def package_version(package: str) -> str | None:
+    """The installed distribution's version, without importing it; None when it is not installed."""
     import importlib.metadata
 
     try:

@@ -26,5 +26,6 @@ def resolve_precision(precision: str, accelerator: str) -> str:
 
 
 def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU has AVX512-BF16 or AMX; False on torch builds that cannot tell."""
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)

@@ -26,6 +26,7 @@ def random_tiny(seed: int = 0) -> tuple[LlamaForCausalLM, PreTrainedTokenizerBas
 
 
 def random_tiny_config(tokenizer: PreTrainedTokenizerBase) -> LlamaConfig:
+    """The tiny model's config, sized to `tokenizer`; model_config uses it to check a spec without building weights."""
     return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=64,

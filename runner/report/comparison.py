@@ -23,10 +23,10 @@ import torch
 from runner.report import figures as plots
 from runner.report import uncertainty as stats
 from runner.report.comparison_document import comparison_figures, document
-from runner.report.document import headline
 from runner.report.html import to_html, to_markdown
 from runner.report.recommend import recommend
 from runner.report.uncertainty import forgot
+from runner.results import RunResult
 from runner.rundir.folder import write_json
 from runner.spec.parse import read_spec_file
 
@@ -45,13 +45,14 @@ class Variant:
     name: str
     description: str = ""
     runs: list[str] = field(default_factory=list)
-    reports: list[dict] = field(default_factory=list)  # complete runs only
+    reports: list[RunResult] = field(default_factory=list)  # complete runs only
     statuses: dict[str, str] = field(default_factory=dict)
     rows: torch.Tensor | None = None  # per test row: correct, averaged over seeds
     train_rows: int | str | None = None
 
     @property
     def complete(self) -> bool:
+        """Whether at least one of its runs finished, so it has numbers to compare."""
         return bool(self.reports)
 
 
@@ -77,17 +78,19 @@ def write_comparison(parent: Path) -> tuple[Path, Path, str]:
 
 
 def is_experiment(folder: Path) -> bool:
+    """Whether `folder` is an experiment's (its runs under variants/), not a single run's."""
     return (folder / "experiment.json").is_file() and (folder / "variants").is_dir()
 
 
 def compare(parent: Path) -> dict:
+    """comparison.json's content, read back from the experiment folder `parent`."""
     spec = read_spec_file(parent / "spec.yaml")
     primary, margin = spec["primary_task"], spec["comparison"]["margin"]
     samples, seed = spec["evaluation"]["bootstrap_samples"], spec["seed"]
     states = json.loads((parent / "experiment.json").read_text())["runs"]
     variants = read_variants(parent, states, primary)
     done = [v for v in variants if v.complete]
-    metric = headline(done[0].reports[0]["tasks"][primary]["test"]["fine_tuned"]) if done else "accuracy"
+    metric = done[0].reports[0].tasks[primary].test["fine_tuned"].headline() if done else "accuracy"
     n_rows = len(done[0].rows) if done else 0
     idx = stats.resample_indices(n_rows, samples, seed) if done and samples > 0 else None
     best = max(done, key=lambda v: float(v.rows.mean())) if done else None
@@ -112,15 +115,19 @@ def compare(parent: Path) -> dict:
 
 
 def read_variants(parent: Path, states: dict[str, str], primary: str) -> list[Variant]:
+    """The experiment's runs grouped by variant, each with its complete reports and the
+    per-row outcomes of the fine-tuned model on the primary task (averaged over seeds)."""
     variants: dict[str, Variant] = {}
     for name in states:
         folder = parent / "variants" / name
-        report = _read_json(folder / "report.json")
-        run = (report or {}).get("variant") or {"variant": name, "description": ""}
+        report = _read_report(folder / "report.json")
+        # A run that never wrote a report (pending, or lost before its first write) is still a
+        # variant of its own name, so the comparison can say it is missing.
+        run = (report.variant if report else None) or {"variant": name, "description": ""}
         v = variants.setdefault(run["variant"], Variant(run["variant"], run.get("description", "")))
         v.runs.append(name)
         v.train_rows = run.get("train_rows")
-        status = (report or {}).get("status", states[name])
+        status = report.status if report else states[name]
         v.statuses[name] = status
         if status == "complete":
             v.reports.append(report)
@@ -146,16 +153,18 @@ def row_outcomes(folder: Path, task: str) -> dict[int, float]:
 
 
 def variant_entry(v: Variant, best: Variant | None, primary: str, metric: str, idx: torch.Tensor | None) -> dict:
+    """One variant's entry of comparison.json: its score over seeds with the interval over test
+    rows, the paired difference to the best variant, forgetting and cost."""
     entry = {"description": v.description, "runs": v.statuses, "train_rows": v.train_rows}
     if not v.complete:
         return entry
-    tests = [r["tasks"][primary]["test"]["fine_tuned"] for r in v.reports]
-    values = [t[metric] for t in tests]
+    tests = [r.tasks[primary].test["fine_tuned"] for r in v.reports]
+    values = [t.value(metric) for t in tests]
     first = v.reports[0]
     entry.update(
         {
-            "method": first["model"]["method"],
-            "replay": (first.get("training_data") or {}).get("replay"),
+            "method": first.model["method"],
+            "replay": (first.training_data or {}).get("replay"),
             "seeds_done": len(values),
             metric: round(statistics.fmean(values), 4),
             "sd": round(statistics.stdev(values), 4) if len(values) > 1 else None,
@@ -165,15 +174,15 @@ def variant_entry(v: Variant, best: Variant | None, primary: str, metric: str, i
             "cost": cost(v.reports),
         }
     )
-    if "f1_macro" in tests[0]:
-        entry["f1_macro"] = round(statistics.fmean(t["f1_macro"] for t in tests), 4)
-    others = [name for name in first["tasks"] if name != primary]
+    if tests[0].f1_macro is not None:
+        entry["f1_macro"] = round(statistics.fmean(t.f1_macro for t in tests), 4)
+    others = [name for name in first.tasks if name != primary]
     if others:  # a multi-task variant's other tasks: their own test metric (not compared)
         entry["other_tasks"] = {}
         for name in others:
-            runs = [r["tasks"][name]["test"]["fine_tuned"] for r in v.reports]
-            key = headline(runs[0])
-            entry["other_tasks"][name] = {key: round(statistics.fmean(m[key] for m in runs), 4)}
+            runs = [r.tasks[name].test["fine_tuned"] for r in v.reports]
+            key = runs[0].headline()
+            entry["other_tasks"][name] = {key: round(statistics.fmean(m.value(key) for m in runs), 4)}
     if best is not None and best is not v and idx is not None:
         delta = stats.accuracy_samples(v.rows, idx) - stats.accuracy_samples(best.rows, idx)
         entry["delta_to_best"] = round(float(v.rows.mean() - best.rows.mean()), 4)
@@ -181,65 +190,68 @@ def variant_entry(v: Variant, best: Variant | None, primary: str, metric: str, i
     return entry
 
 
-def forgetting(reports: list[dict]) -> dict:
+def forgetting(reports: list[RunResult]) -> dict:
     """Per probe: before, after and the change (means over seeds), the paired interval of a
     single seed's change, and whether it shows forgetting (the report's own rule, report.forgot)."""
     out = {}
-    for name in reports[0].get("forgetting", {}):
-        entries = [r["forgetting"][name] for r in reports if name in r.get("forgetting", {})]
+    for name in reports[0].forgetting or {}:
+        entries = [r.forgetting[name] for r in reports if name in (r.forgetting or {})]
         first = entries[0]
-        if first["kind"] == "drift":
-            out[name] = {"kind": "drift", "value": round(statistics.fmean(e["value"] for e in entries), 6)}
+        if first.two_model:  # the mean of its one number
+            out[name] = {"kind": first.kind, "value": round(statistics.fmean(e.value for e in entries), 6)}
             continue
         out[name] = {
-            "kind": first["kind"],
-            "metric": first["metric"],
-            "before": first["before"],
-            "after": round(statistics.fmean(e["after"] for e in entries), 4),
-            "delta": round(statistics.fmean(e["delta"] for e in entries), 4),
-            "delta_ci95": first.get("delta_ci95") if len(entries) == 1 else None,
+            "kind": first.kind,
+            "metric": first.metric,
+            "before": first.before,
+            "after": round(statistics.fmean(e.after for e in entries), 4),
+            "delta": round(statistics.fmean(e.delta for e in entries), 4),
+            "delta_ci95": first.delta_ci95 if len(entries) == 1 else None,
             "forgot": any(forgot(e) for e in entries),
         }
     return out
 
 
-def cost(reports: list[dict]) -> dict:
-    costs = [r.get("cost", {}) for r in reports]
+def cost(reports: list[RunResult]) -> dict:
+    """A variant's cost over its seeds: parameters, means of time, speed and size, the peak memory,
+    the fine-tuned model's latency over every task, and each seed's epochs."""
+    costs = [r.cost for r in reports]
 
     def mean(key: str, digits: int = 1):
-        values = [c[key] for c in costs if c.get(key) is not None]
+        values = [getattr(c, key) for c in costs if getattr(c, key) is not None]
         return round(statistics.fmean(values), digits) if values else None
 
-    latency = [r["tasks"][t]["test"]["fine_tuned"].get("ms_per_example") for r in reports for t in r["tasks"]]
+    latency = [r.tasks[t].test["fine_tuned"].ms_per_example for r in reports for t in r.tasks]
     latency = [x for x in latency if x is not None]
     return {
-        "trainable_params": costs[0].get("trainable_params"),
-        "total_params": costs[0].get("total_params"),
+        "trainable_params": costs[0].trainable_params,
+        "total_params": costs[0].total_params,
         "train_seconds": mean("train_seconds"),
         "tokens_per_second": mean("tokens_per_second"),
-        "peak_rss_mb": max((c.get("peak_rss_mb") or 0 for c in costs), default=None),
+        "peak_rss_mb": max((c.peak_rss_mb or 0 for c in costs), default=None),
         "checkpoint_mb": mean("checkpoint_mb", 2),
         "ms_per_example": round(statistics.fmean(latency), 1) if latency else None,
-        "epochs_run": [r.get("training", {}).get("epochs_run") for r in reports],
+        "epochs_run": [r.training.epochs_run if r.training else None for r in reports],
     }
 
 
 def base_lines_of(done: list[Variant], primary: str) -> dict:
+    """The reference lines from the first complete run; none when no run is complete."""
     return base_lines(done[0].reports[0], primary) if done else {}
 
 
-def base_lines(report: dict, primary: str) -> dict:
+def base_lines(report: RunResult, primary: str) -> dict:
     """The untouched model's rungs on the primary task (scored once, the same in every run)."""
-    tests = report["tasks"][primary]["test"]
+    tests = report.tasks[primary].test
     out = {}
     for rung in RUNG_LINES:
         if rung in tests:
             m = tests[rung]
-            metric = headline(m)
+            metric = m.headline()
             out[rung] = {
-                metric: m[metric],
-                "ci95": m.get("ci95", {}).get(metric),
-                "prompt_tokens_mean": m.get("prompt_tokens_mean"),
+                metric: m.value(metric),
+                "ci95": m.ci95.get(metric),
+                "prompt_tokens_mean": m.prompt_tokens_mean,
             }
     return out
 
@@ -251,18 +263,21 @@ def curve_points(variants: list[Variant], entries: dict, primary: str) -> list[d
         e = entries[v.name]
         if v.train_rows is None or not v.complete:
             continue
-        per_epoch = v.reports[0].get("training_data", {}).get("per_epoch", {})
+        per_epoch = (v.reports[0].training_data or {}).get("per_epoch", {})
         rows = per_epoch.get(primary, {}).get("available")
         points.append({"variant": v.name, "train_rows": rows, "requested": v.train_rows, **_metric_of(e)})
     return sorted(points, key=lambda p: p["train_rows"] or 0)
 
 
 def _metric_of(entry: dict) -> dict:
+    """The curve point's score: the headline metric, its interval and spread over seeds."""
     return {k: entry[k] for k in ("accuracy", "exact_match", "ci95", "sd") if k in entry}
 
 
-def _read_json(path: Path) -> dict | None:
+def _read_report(path: Path) -> RunResult | None:
+    """A run's report.json, or None when it is missing or half written (the run's state in
+    experiment.json then stands for it)."""
     try:
-        return json.loads(path.read_text())
+        return RunResult.from_json(json.loads(path.read_text()))
     except (OSError, ValueError):
         return None

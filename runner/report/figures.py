@@ -13,8 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from runner.report import document as reporting
-from runner.report import figures as plots
+from runner.results import ProbeResult, RungResult, RunResult
 
 RUNG_COLORS = {
     "majority": "#d9d9d9",
@@ -35,6 +34,7 @@ RUNG_TITLES = {
 
 
 def training_curves(epochs: list[dict], best_epoch: int | None) -> Figure:
+    """Training and validation loss per epoch, with the best epoch marked."""
     fig, ax = plt.subplots(figsize=(6, 3.4))
     for key, label, style in (("train_loss", "train loss", "o-"), ("val_loss", "validation loss", "s-")):
         points = [(e["epoch"], e[key]) for e in epochs if e.get(key) is not None]
@@ -57,18 +57,18 @@ def error_bars(values: list[float], cis: list[list[float] | None]) -> list[list[
     return [[v - lo for v, (lo, _) in zip(values, cis)], [hi - v for v, (_, hi) in zip(values, cis)]]
 
 
-def ladder_chart(task_name: str, tests: dict, metric: str) -> Figure:
+def ladder_chart(task_name: str, tests: dict[str, RungResult], metric: str) -> Figure:
     """Headline metric per rung with its 95% interval, and the prompt tokens each rung costs."""
     rungs = [r for r in RUNG_TITLES if r in tests]
-    values = [tests[r][metric] for r in rungs]
-    errors = error_bars(values, [tests[r].get("ci95", {}).get(metric) for r in rungs])
+    values = [tests[r].value(metric) for r in rungs]
+    errors = error_bars(values, [tests[r].ci95.get(metric) for r in rungs])
     fig, ax = plt.subplots(figsize=(max(6.0, 1.5 * len(rungs)), 3.4))  # room for every rung's label
     bars = ax.bar(
         [RUNG_TITLES[r] for r in rungs], values, yerr=errors, capsize=6, color=[RUNG_COLORS[r] for r in rungs]
     )
-    for bar, r in zip(bars, rungs):
-        tokens = tests[r].get("prompt_tokens_mean")
-        label = f"{tests[r][metric]:.2f}" + (f"\n{tokens:.0f} prompt tok" if tokens is not None else "")
+    for bar, r, value in zip(bars, rungs, values):
+        tokens = tests[r].prompt_tokens_mean
+        label = f"{value:.2f}" + (f"\n{tokens:.0f} prompt tok" if tokens is not None else "")
         ax.annotate(
             label,
             (bar.get_x() + bar.get_width() / 2, 0.02),
@@ -86,6 +86,7 @@ def ladder_chart(task_name: str, tests: dict, metric: str) -> Figure:
 
 
 def confusion_heatmap(task_name: str, confusion: dict) -> Figure:
+    """The fine-tuned model's confusion matrix (gold rows, predicted columns) with counts in the cells."""
     labels, matrix = confusion["labels"], confusion["matrix"]
     fig, ax = plt.subplots(figsize=(1.1 * len(labels) + 2.2, 1.0 * len(labels) + 1.6))
     image = ax.imshow(matrix, cmap="Blues")
@@ -103,10 +104,10 @@ def confusion_heatmap(task_name: str, confusion: dict) -> Figure:
     return fig
 
 
-def forgetting_chart(forgetting: dict) -> Figure:
+def forgetting_chart(forgetting: dict[str, ProbeResult]) -> Figure:
     """Retention (after / before, 1 = unchanged; for perplexity before / after) per probe."""
-    names = [n for n, e in forgetting.items() if e.get("retention") is not None]
-    values = [forgetting[n]["retention"] for n in names]
+    names = [n for n, e in forgetting.items() if e.retention is not None]
+    values = [forgetting[n].retention for n in names]
     fig, ax = plt.subplots(figsize=(6, 0.5 * len(names) + 1.4))
     colors = ["#2f9e44" if v >= 0.98 else "#f59f00" if v >= 0.9 else "#e03131" for v in values]
     ax.barh(names, values, color=colors)
@@ -121,16 +122,19 @@ def forgetting_chart(forgetting: dict) -> Figure:
 
 
 def png_bytes(fig: Figure) -> bytes:
+    """The figure as a PNG file's bytes."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     return buffer.getvalue()
 
 
 def data_uri(png: bytes) -> str:
+    """A PNG as a data URI, so report.html needs no files beside it."""
     return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
 def close(fig: Figure) -> None:
+    """Free the figure: pyplot keeps every open figure alive until it is closed."""
     plt.close(fig)
 
 
@@ -221,19 +225,28 @@ def reliability_chart(task_name: str, calibration: dict) -> Figure:
     return fig
 
 
-def make_figures(report: dict) -> dict:
+def make_figures(result: RunResult) -> dict[str, Figure]:
+    """Every figure the run's results support, by key (plots/<key>.png, the report's img blocks)."""
     figures = {}
-    training = report.get("training")
-    if training and training["epochs"]:
-        figures["training_curves"] = plots.training_curves(training["epochs"], training["best_epoch"])
-    for name, task in report.get("tasks", {}).items():
-        tests = task.get("test", {})
-        if tests:
-            figures[f"ladder_{name}"] = plots.ladder_chart(name, tests, reporting.headline(next(iter(tests.values()))))
-        if "fine_tuned" in tests and "confusion_matrix" in tests["fine_tuned"]:
-            figures[f"confusion_{name}"] = plots.confusion_heatmap(name, tests["fine_tuned"]["confusion_matrix"])
-        if tests.get("fine_tuned", {}).get("calibration", {}).get("bins"):
-            figures[f"calibration_{name}"] = plots.reliability_chart(name, tests["fine_tuned"]["calibration"])
-    if any(e.get("retention") is not None for e in report.get("forgetting", {}).values()):
-        figures["forgetting"] = plots.forgetting_chart(report["forgetting"])
+    training = result.training
+    if training and training.epochs:
+        figures["training_curves"] = training_curves(training.epochs, training.best_epoch)
+    for name, task in result.tasks.items():
+        figures.update(task_figures(name, task.test))
+    forgetting = result.forgetting or {}
+    if any(e.retention is not None for e in forgetting.values()):
+        figures["forgetting"] = forgetting_chart(forgetting)
+    return figures
+
+
+def task_figures(name: str, tests: dict[str, RungResult]) -> dict[str, Figure]:
+    """One task's ladder and, for a fine-tuned classifier, its confusion matrix and reliability."""
+    figures = {}
+    if tests:
+        figures[f"ladder_{name}"] = ladder_chart(name, tests, next(iter(tests.values())).headline())
+    ft = tests.get("fine_tuned")
+    if ft and ft.confusion_matrix is not None:
+        figures[f"confusion_{name}"] = confusion_heatmap(name, ft.confusion_matrix)
+    if ft and ft.calibration and ft.calibration.get("bins"):
+        figures[f"calibration_{name}"] = reliability_chart(name, ft.calibration)
     return figures

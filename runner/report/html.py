@@ -7,6 +7,7 @@ import re
 
 
 def to_markdown(blocks: list[tuple], image_files: dict[str, str]) -> str:
+    """The blocks as Markdown; an img block shows only when `image_files` has a file for its key."""
     lines = []
     for block in blocks:
         kind = block[0]

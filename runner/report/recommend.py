@@ -77,6 +77,7 @@ def _above_majority(entry: dict, majority: dict | None) -> str:
 
 
 def _cost_key(entry: dict) -> tuple:
+    """What "cheapest" orders by: no forgetting first, then trainable parameters, then training time."""
     forgets = any(p.get("forgot") for p in entry["forgetting"].values())
     cost = entry["cost"]
     return (forgets, cost.get("trainable_params") or 0, cost.get("train_seconds") or 0)
@@ -84,7 +85,7 @@ def _cost_key(entry: dict) -> tuple:
 
 def _forgetting_words(entry: dict, ending: bool) -> str:
     """The recommended variant's forgetting: the end of the sentence (`ending`), or a sentence."""
-    probes = {n: p for n, p in entry["forgetting"].items() if p["kind"] != "drift"}
+    probes = {n: p for n, p in entry["forgetting"].items() if "value" not in p}
     lost = [n for n, p in probes.items() if p.get("forgot")]
     if not probes:
         return (
@@ -98,6 +99,7 @@ def _forgetting_words(entry: dict, ending: bool) -> str:
 
 
 def _cheaper(e: dict, b: dict) -> str:
+    """How the picked variant is cheaper than the best one: parameters, training time; "" when not."""
     parts = []
     mine, theirs = e["cost"].get("trainable_params"), b["cost"].get("trainable_params")
     if mine and theirs and mine < theirs:
@@ -109,20 +111,24 @@ def _cheaper(e: dict, b: dict) -> str:
 
 
 def _deltas(done: dict, names: list[str]) -> str:
+    """Each named variant's paired interval to the best, in points."""
     return "; ".join(
         f"{n}: {points_text(done[n]['delta_ci95'][0])}..{points_text(done[n]['delta_ci95'][1])} points" for n in names
     )
 
 
 def _score(entry: dict) -> str:
+    """A variant's headline score with its 95% interval over test rows."""
     metric = "accuracy" if "accuracy" in entry else "exact_match"
     lo, hi = entry["ci95"] or (None, None)
     return f"{metric} {entry[metric]:.3f}" + (f", 95% CI {lo:.2f}..{hi:.2f}" if lo is not None else "")
 
 
 def points_text(x: float) -> str:
+    """A difference in accuracy (0..1) as signed percentage points, as every comparison table shows it."""
     return f"{x * 100:+.1f}"
 
 
 def _names(names: list[str]) -> str:
+    """Names as English: "a", "a and b", "a, b and c"."""
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]

@@ -2,44 +2,49 @@
 
 from __future__ import annotations
 
-from runner.report.document import document, headline, table_cell
+from runner.report.cells import table_cell
+from runner.report.document import document
 from runner.report.html import to_markdown
+from runner.results import RunResult
 from runner.spec.types import Spec
 
+# The rung numbers logged as scalars, when a rung has them.
+SCALARS = ("accuracy", "f1_macro", "exact_match", "token_f1", "prompt_tokens_mean")
 
-def log_to_tensorboard(writer, report: dict, figures: dict, step: int) -> None:
+
+def log_to_tensorboard(writer, result: RunResult, figures: dict, step: int) -> None:
     """Test metrics per task and rung, forgetting, figures, sample predictions, the report as text."""
-    for name, task in report.get("tasks", {}).items():
-        for rung, metrics in task.get("test", {}).items():
-            for key in ("accuracy", "f1_macro", "exact_match", "token_f1", "prompt_tokens_mean"):
-                if key in metrics:
-                    writer.add_scalar(f"test/{name}/{rung}/{key}", metrics[key], step)
-        if task.get("samples"):
-            rows = [[s["row"], table_cell(s["gold"]), table_cell(s["prediction"])] for s in task["samples"]]
+    for name, task in result.tasks.items():
+        for rung, metrics in task.test.items():
+            for key in SCALARS:
+                if metrics.value(key) is not None:
+                    writer.add_scalar(f"test/{name}/{rung}/{key}", metrics.value(key), step)
+        if task.samples:
+            rows = [[s["row"], table_cell(s["gold"]), table_cell(s["prediction"])] for s in task.samples]
             writer.add_text(f"samples/{name}", to_markdown([("table", ["row", "gold", "prediction"], rows)], {}), step)
-    for name, e in report.get("forgetting", {}).items():
-        if e["kind"] == "drift":
-            writer.add_scalar(f"forgetting/{name}/{e['metric']}", e["value"], step)
+    for name, e in (result.forgetting or {}).items():
+        if e.two_model:
+            writer.add_scalar(f"forgetting/{name}/{e.metric}", e.value, step)
         else:
             for when in ("before", "after", "retention"):
-                if e.get(when) is not None:
-                    writer.add_scalar(f"forgetting/{name}/{when}", e[when], step)
+                if getattr(e, when) is not None:
+                    writer.add_scalar(f"forgetting/{name}/{when}", getattr(e, when), step)
     for key, fig in figures.items():
         if key.startswith("confusion_") or key == "forgetting":
             writer.add_figure(f"figures/{key}", fig, step, close=False)
-    writer.add_text("report", to_markdown(document(report, {}), {}), step)
+    writer.add_text("report", to_markdown(document(result, {}), {}), step)
     writer.flush()
 
 
-def hparam_metrics(report: dict) -> dict[str, float]:
+def hparam_metrics(result: RunResult) -> dict[str, float]:
     """Final metrics for TensorBoard's HParams tab (runs compare side by side there)."""
     out = {}
-    for name, task in report.get("tasks", {}).items():
-        for rung, metrics in task.get("test", {}).items():
-            metric = headline(metrics)
-            out[f"hparam/{name}/{rung}/{metric}"] = metrics[metric]
-    for name, e in report.get("forgetting", {}).items():
-        out[f"hparam/forgetting/{name}"] = e["value"] if e["kind"] == "drift" else e["after"]
+    for name, task in result.tasks.items():
+        for rung, metrics in task.test.items():
+            metric = metrics.headline()
+            out[f"hparam/{name}/{rung}/{metric}"] = metrics.value(metric)
+    for name, e in (result.forgetting or {}).items():
+        out[f"hparam/forgetting/{name}"] = e.value if e.two_model else e.after
     return out
 
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from runner.results import Delta, ProbeResult, TaskResult
+
 # The paired deltas every report shows: the fine-tuned model against each rung below it.
 DELTAS = (
     ("fine_tuned", "base_zero_shot"),
@@ -55,6 +57,7 @@ def recall_samples(preds: torch.Tensor, gold: torch.Tensor, label: int, idx: tor
 
 
 def F_one_hot(values: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """One-hot rows as floats, so per-class counts over resamples are one matrix product."""
     return torch.nn.functional.one_hot(values, num_classes).float()
 
 
@@ -65,6 +68,7 @@ def interval(samples: torch.Tensor) -> list[float]:
 
 
 def excludes_zero(ci: list[float]) -> bool:
+    """Whether an interval lies wholly on one side of zero: a difference the resampling supports."""
     return ci[0] > 0 or ci[1] < 0
 
 
@@ -115,6 +119,7 @@ class ItemScores:
 
 
 def metric_samples(items: ItemScores, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each metric on every resample of the test rows (the same `idx` for every rung: paired)."""
     if items.preds is None:
         out = {"exact_match": accuracy_samples(items.correct, idx)}
         if items.token_f1 is not None:
@@ -126,7 +131,7 @@ def metric_samples(items: ItemScores, idx: torch.Tensor) -> dict[str, torch.Tens
     }
 
 
-def add_uncertainty(task_entry: dict, items: dict[str, ItemScores], samples: int, seed: int) -> None:
+def add_uncertainty(task: TaskResult, items: dict[str, ItemScores], samples: int, seed: int) -> None:
     """ci95 on every rung's metrics, and paired-bootstrap deltas between rungs."""
     if samples <= 0 or not items:
         return
@@ -134,8 +139,8 @@ def add_uncertainty(task_entry: dict, items: dict[str, ItemScores], samples: int
     idx = resample_indices(n, samples, seed)
     drawn = {rung: metric_samples(item, idx) for rung, item in items.items()}
     for rung, metrics in drawn.items():
-        task_entry["test"][rung]["ci95"] = {m: interval(v) for m, v in metrics.items()}
-        item, per_class = items[rung], task_entry["test"][rung].get("per_class")
+        task.test[rung].ci95 = {m: interval(v) for m, v in metrics.items()}
+        item, per_class = items[rung], task.test[rung].per_class
         if item.preds is not None and per_class:
             for label_index, entry in enumerate(per_class.values()):
                 recall = recall_samples(item.preds, item.gold, label_index, idx)
@@ -144,15 +149,15 @@ def add_uncertainty(task_entry: dict, items: dict[str, ItemScores], samples: int
     for a, b in DELTAS:
         if a in drawn and b in drawn:
             deltas[f"{a} - {b}"] = {
-                m: {
-                    "delta": round(task_entry["test"][a][m] - task_entry["test"][b][m], 4),
-                    "ci95": (ci := interval(drawn[a][m] - drawn[b][m])),
-                    "excludes_zero": excludes_zero(ci),
-                }
+                m: Delta(
+                    delta=round(task.test[a].value(m) - task.test[b].value(m), 4),
+                    ci95=(ci := interval(drawn[a][m] - drawn[b][m])),
+                    excludes_zero=excludes_zero(ci),
+                )
                 for m in drawn[a]
             }
     if deltas:
-        task_entry["deltas"] = deltas
+        task.deltas = deltas
 
 
 def forgetting_entry(
@@ -165,24 +170,24 @@ def forgetting_entry(
     items_after: torch.Tensor | None,
     samples: int,
     seed: int,
-) -> dict:
+) -> ProbeResult:
+    """A one-model probe before and after, with a paired interval on the change when it scores items."""
     b, a = before[metric], after[metric]
-    entry = {
-        "kind": kind,
-        "metric": metric,
-        "before": round(b, 4),
-        "after": round(a, 4),
-        "delta": round(a - b, 4),
-        "retention": round((a / b if higher_is_better else b / a), 4) if a and b else None,
-        "higher_is_better": higher_is_better,
-        "details_before": before,
-        "details_after": after,
-    }
+    entry = ProbeResult(
+        kind=kind,
+        metric=metric,
+        before=round(b, 4),
+        after=round(a, 4),
+        delta=round(a - b, 4),
+        retention=round((a / b if higher_is_better else b / a), 4) if a and b else None,
+        higher_is_better=higher_is_better,
+        details_before=before,
+        details_after=after,
+    )
     if items_before is not None and items_after is not None and samples > 0:
         idx = resample_indices(len(items_before), samples, seed)
-        ci = interval(accuracy_samples(items_after, idx) - accuracy_samples(items_before, idx))
-        entry["delta_ci95"] = ci
-        entry["excludes_zero"] = excludes_zero(ci)
+        entry.delta_ci95 = interval(accuracy_samples(items_after, idx) - accuracy_samples(items_before, idx))
+        entry.excludes_zero = excludes_zero(entry.delta_ci95)
     return entry
 
 
@@ -193,9 +198,11 @@ def forgetting_entry(
 PERPLEXITY_FORGETTING, PERPLEXITY_SHIFT, DRIFT_SHIFT = 0.10, 0.02, 0.02
 
 
-def forgot(e: dict) -> bool:
+def forgot(e: ProbeResult) -> bool:
     """Forgetting on one (non-drift) probe: perplexity up by more than PERPLEXITY_FORGETTING, or an
     accuracy down with its paired 95% interval below zero (without items: retention below 0.95)."""
-    if e["metric"] == "perplexity":
-        return e["after"] / e["before"] - 1 > PERPLEXITY_FORGETTING
-    return e["delta"] < 0 and e.get("excludes_zero", e["retention"] is not None and e["retention"] < 0.95)
+    if e.metric == "perplexity":
+        return e.after / e.before - 1 > PERPLEXITY_FORGETTING
+    if e.excludes_zero is not None:
+        return e.delta < 0 and e.excludes_zero
+    return e.delta < 0 and e.retention is not None and e.retention < 0.95

@@ -16,7 +16,8 @@ from runner.data.split import splits_record
 from runner.errors import RunnerError
 from runner.inputs import Inputs
 from runner.rundir import folder as reporting
-from runner.rundir.folder import environment, new_run_dir, run_status, spec_text
+from runner.rundir.folder import environment, new_run_dir, spec_text
+from runner.rundir.model_files import run_status
 from runner.spec.parse import read_spec_file
 from runner.spec.types import Spec
 from runner.spec.written import written_spec

@@ -20,6 +20,7 @@ RUN_DIR_ENV = "RUNNER_RUN_DIR"
 
 
 def is_rank_zero() -> bool:
+    """Whether this process is rank 0, as Lightning sees it; a single-process run is always rank 0."""
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     return getattr(rank_zero_only, "rank", 0) == 0

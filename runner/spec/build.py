@@ -24,6 +24,11 @@ from runner.spec.written import written_dict
 
 
 def build_spec(filled: dict, base_dir: Path, source_path: Path | None) -> Spec:
+    """The typed Spec from a dict that has passed the schema and semantic checks (resolve_run's job).
+
+    Paths become absolute, built-in suites expand into their probes, and unset values that depend
+    on others (learning rate by method, training seed, primary task) are filled in.
+    """
     written = written_dict(filled, base_dir)
     tasks = [
         {

@@ -11,7 +11,7 @@ import yaml
 
 from runner.model.sources import DEFAULT_MODEL, RANDOM_TINY
 from runner.spec.messages import show_value
-from runner.spec.types import BUILTIN_REPLAY, DATA_EXTENSIONS, SUITES_DIR, TEMPLATE_DIR, TEXT_PROBES, TrainerSpec
+from runner.spec.types import BUILTIN_REPLAY, DATA_EXTENSIONS, SUITES_DIR, TEMPLATE_DIR, TrainerSpec, schema
 
 
 def semantic_problems(spec: dict, base_dir: Path) -> list[str]:
@@ -214,8 +214,12 @@ def _label_map_problems(task: dict, where: str) -> list[str]:
 
 
 def probe_problems(probe: dict, base_dir: Path, where: str) -> list[str]:
+    """Problems of one forgetting probe: its data file, the data kind its probe kind reads, and the
+    template or `choices` it needs; located at `where` (its JSON path).
+    """
     problems = _data_problems(probe["data"], base_dir, f"{where}.data")
-    text = probe["kind"] in TEXT_PROBES
+    # Which kinds read a .txt file is the schema's to say (x-reads-text), beside the kinds themselves.
+    text = probe["kind"] in schema()["$defs"]["probe"]["properties"]["kind"]["x-reads-text"]
     if not problems and (_data_format(probe["data"], base_dir) == "text") != text:
         wanted = "a .txt file" if text else "rows (.jsonl, .json, .csv, .parquet)"
         problems.append(f"{where}.data: a {probe['kind']} probe reads {wanted}.")
@@ -284,6 +288,7 @@ def template_dirs(base_dir: Path) -> list[Path]:
 
 
 def find_template(name: str, base_dir: Path) -> Path | None:
+    """The first file called `name` in template_dirs' order, resolved; None when none has it."""
     for d in template_dirs(base_dir):
         candidate = (d / name).resolve()
         if candidate.is_file():

@@ -11,12 +11,14 @@ from runner.spec.types import schema
 
 
 def schema_problems(raw: dict) -> list[str]:
+    """Every schema violation of `raw` in words, one entry per error, ordered by path; empty when valid."""
     validator = jsonschema.Draft202012Validator(schema())
     errors = sorted(validator.iter_errors(raw), key=lambda e: [str(p) for p in e.absolute_path])
     return [_describe(e) for e in errors]
 
 
 def json_path(parts) -> str:
+    """A JSONPath for messages, like $.tasks[0].data, from a jsonschema error's path parts."""
     out = "$"
     for p in parts:
         out += f"[{p}]" if isinstance(p, int) else f".{p}"
@@ -143,15 +145,18 @@ def _field_help(node_schema: dict, key: str) -> str:
 
 
 def show_value(value) -> str:
+    """A value for an error line: a string quoted (repr), anything else as JSON, cut to 60 characters."""
     text = json.dumps(value) if not isinstance(value, str) else repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
 def one_line(exc: Exception) -> str:
+    """An exception's message with its line breaks and runs of spaces collapsed, for a one-line error."""
     return " ".join(str(exc).split())
 
 
 def resolve_ref(ref: str) -> dict:
+    """The schema node a local `$ref` ("#/$defs/...") points to; raises KeyError for an unknown ref."""
     node = schema()
     for part in ref.removeprefix("#/").split("/"):
         node = node[part]

@@ -132,6 +132,12 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...], source: s
 
 
 def set_path(node: Any, parts: list[str], value: Any) -> None:
+    """Set a `--set` value at a dotted path in place, creating missing dict keys on the way.
+
+    Raises:
+        IndexError: a list index that is not a number or is out of range (lists never grow).
+        TypeError: the path goes through a value that is neither a dict nor a list.
+    """
     *parents, last = parts
     for i, part in enumerate(parents):
         where = ".".join(parts[: i + 1])

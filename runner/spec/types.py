@@ -32,13 +32,7 @@ DATA_EXTENSIONS = {
 SUITES_DIR = PROJECT_ROOT / "runner" / "suites"
 
 
-BUILTIN_SUITES = ("general",)
-
-
 BUILTIN_REPLAY = ("general",)  # runner/suites/replay/<name>.jsonl, rendered by <name>.jinja
-
-
-TEXT_PROBES = ("perplexity", "drift")
 
 
 @dataclass(frozen=True)
@@ -154,6 +148,7 @@ class TrainingSpec:
     train_rows: int | None = None
     monitor: str = "loss"  # of the primary task's val split: loss, accuracy or macro_f1
     class_balance: str = "none"
+    objective: str = "sft"  # the loss: an entry of runner.training.objectives.OBJECTIVES
 
 
 @dataclass(frozen=True)

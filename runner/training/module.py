@@ -12,10 +12,10 @@ from lightning.pytorch.strategies import ParallelStrategy
 from torchmetrics.aggregation import MeanMetric
 from transformers import get_scheduler
 
-from runner.data.encode import IGNORE_INDEX
 from runner.errors import RunnerError
-from runner.model.forward import completion_targets, completion_token_losses
+from runner.model.forward import completion_token_losses
 from runner.spec.types import TrainingSpec
+from runner.training.objectives import OBJECTIVES, count_targets
 
 
 def rng_states() -> dict:
@@ -27,6 +27,7 @@ def rng_states() -> dict:
 
 
 def set_rng_states(states: dict) -> None:
+    """Restore rng_states() on resume, so dropout and sampling continue as if never stopped."""
     torch.set_rng_state(states["torch"])
     random.setstate(_as_tuples(states["python"]))
     if "cuda" in states and torch.cuda.is_available():
@@ -61,6 +62,7 @@ class FineTuner(L.LightningModule):
         self.automatic_optimization = False
         self.model = model
         self.training_spec = training
+        self.objective = OBJECTIVES[training.objective]  # what a batch's loss is
         self.task_names = task_names
         self.save_frozen = save_frozen
         self.primary = primary or task_names[0]
@@ -93,15 +95,13 @@ class FineTuner(L.LightningModule):
         # every rank divides by the sum over ranks, and scales by the world size, since DDP
         # averages the ranks' gradients. A rank with more target tokens weighs more, exactly as
         # in one process with the global batch. One collective, reached by every rank each step.
-        weight = float(strategy.reduce(torch.tensor(target_weight(batch), device=self.device), reduce_op="sum"))
+        weight = float(strategy.reduce(torch.tensor(self.objective.weight(batch), device=self.device), reduce_op="sum"))
         scale = self.trainer.world_size / max(weight, 1e-9) / spec.gradient_accumulation
         steps_now = (batch_idx + 1) % spec.gradient_accumulation == 0 or self.trainer.is_last_batch
         parts = micro_batches(batch, spec.max_batch_tokens)
         total = torch.zeros((), device=batch["input_ids"].device)
         for i, part in enumerate(parts):
-            losses, rows = completion_token_losses(self.model, part)
-            if "weight" in part:
-                losses = losses * part["weight"][rows]
+            losses = self.objective.losses(self.model, part)
             # Gradients are synchronised once per optimizer step, on the step's last backward:
             # ranks split their batches into different numbers of micro-batches (by their own
             # token counts), and a sync per backward would pair one rank's second micro-batch
@@ -236,19 +236,6 @@ def backward_sync(strategy, enabled: bool):
             "accumulated over micro-batches without a sync per backward; use 'ddp' or 'fsdp'."
         )
     return model.no_sync()
-
-
-def target_weight(batch: dict) -> float:
-    """The batch's loss tokens, each counted with its row's class weight (1 without one)."""
-    if "weight" not in batch:
-        return float(count_targets(batch))
-    per_row = (completion_targets(batch) != IGNORE_INDEX).sum(1)
-    return float((per_row * batch["weight"]).sum())
-
-
-def count_targets(batch: dict) -> int:
-    """Completion tokens the loss is taken over."""
-    return int((completion_targets(batch) != IGNORE_INDEX).sum())
 
 
 def micro_batches(batch: dict, max_tokens: int | None) -> list[dict]:

@@ -88,6 +88,7 @@ class FitResult:
 def build_trainer(
     spec: Spec, run_dir: Path, steps_per_epoch: int
 ) -> tuple[L.Trainer, ModelCheckpoint, EarlyStopping | None]:
+    """The Trainer with the best-checkpoint, last-checkpoint, early-stopping and timing callbacks."""
     training = spec.training
     monitor, mode = monitor_key(training, spec.primary_task)
     checkpoint = ModelCheckpoint(

@@ -12,8 +12,9 @@ export RUNNER_NO_CACHE=1 OMP_NUM_THREADS=2 PYTHONPATH=$src
 rm -rf "$out"; mkdir -p "$out"; out=$(cd "$out" && pwd)
 for spec in "$here"/experiments/*.yaml; do
   name=$(basename "$spec" .yaml)
-  # the first run's name, from whichever layout the tree has
-  only=$($py -c "
+  # the first run's name, from whichever layout the tree has (run from $out, so that the tree
+  # on PYTHONPATH is the one imported, not a runner/ in the working folder)
+  only=$(cd "$out" && $py -c "
 try:
     from runner.spec.load import load_spec
 except ImportError:

@@ -242,3 +242,38 @@ def test_the_probes_table_and_the_schema_name_the_same_kinds_and_the_same_text_r
     for name, probe in PROBES.items():
         assert (probe.score is None) != (probe.compare is None), name  # one model or two, not both
         assert probe.headline
+
+
+def test_next_token_top1_matches_a_per_window_reference_without_padding(workdir):
+    """Windows are scored a few at a time, left-padded: each window's accuracy must equal the one
+    from its own unpadded forward pass (a misaligned position would change it)."""
+    from runner.evaluation.probes import next_token
+
+    (workdir / "data" / "prose.txt").write_text("The quick brown fox jumps over the lazy dog. " * 12)
+    raw = base_spec()
+    raw["evaluation"]["forgetting"] = [{"name": "top", "kind": "next_token", "data": "data/prose.txt"}]
+    spec = load_spec(write_spec(workdir / "top.yaml", raw))
+    data = load_probe(spec.evaluation.forgetting[0])
+    evaluator = tiny_evaluator(max_length=50)
+    metrics, per_window = next_token(evaluator, data)
+    windows = evaluator.text_windows(data.text, None)
+    assert len(windows) > 3 and len(windows[-1]) != len(windows[0])  # a short last window: padding happens
+    reference = []
+    for window in windows:
+        with torch.no_grad():
+            logits = evaluator.model(input_ids=torch.tensor([window])).logits[0, :-1]
+        reference.append(float((logits.argmax(-1) == torch.tensor(window[1:])).float().mean()))
+    assert per_window.tolist() == pytest.approx(reference)
+    assert metrics["top1"] == pytest.approx(sum(reference) / len(reference))
+    assert metrics["tokens"] == sum(len(w) - 1 for w in windows) and metrics["windows"] == len(windows)
+
+
+def test_next_token_probe_is_paired_before_and_after_in_a_run(workdir):
+    (workdir / "data" / "prose.txt").write_text("The quick brown fox jumps over the lazy dog. " * 12)
+    raw = base_spec()
+    raw["evaluation"]["forgetting"] = [{"name": "top", "kind": "next_token", "data": "data/prose.txt"}]
+    assert main(["run", str(write_spec(workdir / "top.yaml", raw))]) == 0
+    (report_path,) = (workdir / "runs").rglob("report.json")
+    entry = json.loads(report_path.read_text())["forgetting"]["top"]
+    assert entry["kind"] == "next_token" and entry["metric"] == "top1" and entry["higher_is_better"] is True
+    assert 0 <= entry["before"] <= 1 and 0 <= entry["after"] <= 1 and len(entry["delta_ci95"]) == 2

@@ -119,6 +119,23 @@ def perplexity(evaluator: Evaluator, data: ProbeData) -> tuple[dict, None]:
     return {"perplexity": math.exp(nll / tokens), "nll_per_token": nll / tokens, "tokens": tokens}, None
 
 
+def next_token(evaluator: Evaluator, data: ProbeData) -> tuple[dict, torch.Tensor]:
+    """Top-1 next-token accuracy on the text: how often the model's most likely next token is the
+    one that follows. Averaged over windows; the per-window scores pair before with after."""
+    windows = evaluator.text_windows(data.text, data.probe.max_tokens)
+    per_window = []
+    for start in range(0, len(windows), TEXT_WINDOWS):  # full-vocabulary rows: a few windows at a time
+        chunk = windows[start : start + TEXT_WINDOWS]
+        hits = (
+            evaluator.next_token_logprobs(chunk).argmax(dim=-1).cpu()
+            == torch.tensor([token for window in chunk for token in window[1:]])
+        ).float()
+        # The positions come window by window, each window's predicted tokens in order.
+        per_window += [part.mean() for part in hits.split([len(window) - 1 for window in chunk])]
+    scores = torch.stack(per_window)
+    return {"top1": float(scores.mean()), "windows": len(scores), "tokens": sum(len(w) - 1 for w in windows)}, scores
+
+
 def drift(base: Evaluator, tuned: Evaluator, data: ProbeData) -> dict:
     """Mean per-token KL(base || tuned) on the probe's text, both models on the same windows."""
     windows = base.text_windows(data.text, data.probe.max_tokens)
@@ -164,4 +181,5 @@ PROBES = {
     "generation": Probe(reads_text=False, headline="accuracy", higher_is_better=True, score=generation),
     "perplexity": Probe(reads_text=True, headline="perplexity", higher_is_better=False, score=perplexity),
     "drift": Probe(reads_text=True, headline="kl_per_token", higher_is_better=False, compare=drift),
+    "next_token": Probe(reads_text=True, headline="top1", higher_is_better=True, score=next_token),
 }

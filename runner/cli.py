@@ -11,8 +11,6 @@ import os
 import sys
 from pathlib import Path
 
-import yaml
-
 from runner.errors import Interrupted, RunnerError
 
 
@@ -183,24 +181,10 @@ def add_overrides(parser: argparse.ArgumentParser) -> None:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Run the same pre-flight as `runner run`, then print the resolved spec, itself a valid spec."""
-    from runner.inputs import print_findings
-    from runner.preflight import preflight
+    from runner.flows.validate import validate
     from runner.spec.load import load_spec
-    from runner.spec.written import written_spec
-    from runner.training.setup import quiet_libraries
 
-    quiet_libraries()
-    spec = load_spec(args.spec, args.overrides)
-    # The same pre-flight as `runner run`: data read, templated and checked, the method against
-    # the model, the strategy, the output folder; what passes here, run accepts.
-    findings = {f.line(): f for inputs in preflight(spec, writes=True) for f in inputs.findings}
-    print_findings(list(findings.values()))
-    print(f"# {args.spec}: valid (data, templates, model and settings checked). The resolved spec,")
-    print("# defaults filled in and paths absolute; itself a valid spec:")
-    if spec.is_experiment:
-        runs = ", ".join(f"{i} {r.run.name}" for i, r in enumerate(spec.runs))
-        print(f"# An experiment of {len(spec.runs)} runs (--run-index, --only): {runs}.")
-    print(yaml.safe_dump(written_spec(spec), sort_keys=False), end="")
+    print(validate(load_spec(args.spec, args.overrides), args.spec), end="")
     return 0
 
 
@@ -218,7 +202,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.resume is not None and not args.resume.is_dir():
         raise RunnerError(f"--resume {args.resume}: not a run folder.")
     if spec.is_experiment:
-        from runner.flows.experiment import experiment_complete, run_experiment_runs
+        from runner.flows.experiment import experiment_summary, run_experiment_runs
 
         if args.resume is not None and args.run_dir is not None:
             raise RunnerError("--resume and --run-dir both name the experiment folder; give one of them.")
@@ -231,12 +215,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             indices=args.run_index,
             reclaim=args.reclaim,
         )
-        # A shared folder's comparison is the whole experiment's: printed once every run is complete
-        # (run_experiment_runs has said which are not).
-        if (parent / "comparison.md").is_file() and (args.run_dir is None or experiment_complete(parent)):
-            print((parent / "comparison.md").read_text())
-            print(f"Comparison: {parent / 'comparison.html'}; runs in {parent / 'variants'}")
-        print(f"TensorBoard (HParams compares the runs): tensorboard --logdir {parent / 'variants'}")
+        print(experiment_summary(parent, shared=args.run_dir is not None))
         return 0
     if args.only or args.run_index or args.reclaim:
         raise RunnerError(
@@ -290,16 +269,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Compare run folders side by side; one experiment folder alone rewrites its own comparison."""
-    from runner.report.comparison import is_experiment
+    from runner.flows.compare import compare
 
-    if len(args.run_dirs) == 1 and is_experiment(args.run_dirs[0]):
-        from runner.report.comparison import write_comparison as write_experiment_comparison
-
-        md_path, html_path, markdown = write_experiment_comparison(args.run_dirs[0])
-    else:
-        from runner.flows.compare import write_comparison
-
-        md_path, html_path, markdown = write_comparison(args.run_dirs, args.output)
+    md_path, html_path, markdown = compare(args.run_dirs, args.output)
     print(markdown)
     print(f"Written: {md_path} and {html_path}")
     return 0

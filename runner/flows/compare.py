@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 from runner.errors import DataError
+from runner.report.comparison import is_experiment
+from runner.report.comparison import write_comparison as write_experiment_comparison
 from runner.report.html import to_html, to_markdown
 from runner.report.task_blocks import RUNG_TITLES, RUNGS
 from runner.results import RungResult, RunResult
@@ -129,3 +131,11 @@ def _cost(report: RunResult, key: str, fmt: str) -> str:
     """One cost figure of a run, formatted; "—" when the run did not measure it."""
     value = getattr(report.cost, key)
     return fmt.format(value) if value is not None else "—"
+
+
+def compare(run_dirs: list[Path], output: Path) -> tuple[Path, Path, str]:
+    """`runner compare`: one experiment folder alone rewrites its own comparison (with its
+    recommendation); anything else is a side-by-side table of the runs, written under `output`."""
+    if len(run_dirs) == 1 and is_experiment(run_dirs[0]):
+        return write_experiment_comparison(run_dirs[0])
+    return write_comparison(run_dirs, output)

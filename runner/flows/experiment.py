@@ -234,3 +234,17 @@ def continue_command(spec: Spec, parent: Path, runs: list[Spec], shared: bool) -
         return f"runner run {spec.source_path or 'SPEC'} --resume {parent}"
     names = "" if len(runs) == len(spec.runs) else " " + " ".join(f"--only {r.run.name}" for r in runs)
     return f"runner run {spec.source_path or 'SPEC'} --run-dir {parent}{names}"
+
+
+def experiment_summary(parent: Path, shared: bool) -> str:
+    """What the terminal shows after an experiment's runs: its comparison once every run is
+    complete (a folder shared by several jobs (`shared`) may still wait for others; the runs
+    have said which), and where TensorBoard compares them."""
+    lines = []
+    if (parent / "comparison.md").is_file() and (not shared or experiment_complete(parent)):
+        lines += [
+            (parent / "comparison.md").read_text(),
+            f"Comparison: {parent / 'comparison.html'}; runs in {parent / 'variants'}",
+        ]
+    lines.append(f"TensorBoard (HParams compares the runs): tensorboard --logdir {parent / 'variants'}")
+    return "\n".join(lines)

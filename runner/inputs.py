@@ -6,6 +6,7 @@ Lightning), so `runner preview` answers in seconds.
 
 from __future__ import annotations
 
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from runner.spec.types import Spec
 
 if TYPE_CHECKING:
     from runner.evaluation.probes import ProbeData
+
+LOSS_OPEN, LOSS_CLOSE = "⟦", "⟧"  # around the tokens that carry loss (preview and plan show them)
 
 
 @dataclass
@@ -101,3 +104,36 @@ def print_findings(findings: list[checks.Finding]) -> None:
     """Data-check findings on stderr, so they never mix into output a script reads from stdout."""
     for finding in findings:
         print(f"data check {finding.line()}", file=sys.stderr)
+
+
+def summary_text(inputs: Inputs, spec: Spec) -> str:
+    """Per task and split: rows and token lengths (min, median, p90, max), shortened rows, label
+    counts for classification; then every data-check finding.
+    """
+    lines = [f"Tokens per row (prompt + completion, as trained; {LOSS_OPEN}…{LOSS_CLOSE} marks the loss tokens above):"]
+    for data in inputs.tasks:
+        lines.append(f"task {data.task.name}: {data.task.data.describe()}")
+        for name, examples in data.splits().items():
+            lengths = [len(inputs.encoder.encode(e, data.completion_eos)["input_ids"]) for e in examples]
+            truncated = sum(e.truncated for e in examples)
+            lines.append(
+                f"  {name:<5} {len(examples):>6} rows  tokens min {min(lengths)}, median {statistics.median(lengths):g}, "
+                f"p90 {percentile(lengths, 0.9)}, max {max(lengths)}; shortened to fit "
+                f"{spec.model.max_length}: {truncated}"
+            )
+        if data.task.is_classification:
+            counts = data.label_counts()
+            lines.append(
+                "  labels "
+                + "; ".join(f"{s}: " + ", ".join(f"{k} {v}" for k, v in c.items()) for s, c in counts.items())
+            )
+    lines.append("")
+    lines.append("Data checks:" if inputs.findings else "Data checks: nothing found.")
+    lines += [f"  {finding.line()}" for finding in inputs.findings]
+    return "\n".join(lines)
+
+
+def percentile(values: list[int], q: float) -> int:
+    """The `q` quantile as the sorted value at index int(q * n): no interpolation, always one of the values."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]

@@ -17,12 +17,12 @@ from runner.evaluation.scoring import (
     summarize,
     timed,
 )
-from runner.flows.run import guarded
 from runner.inputs import Inputs, print_findings
 from runner.preflight import preflight
 from runner.report.tensorboard import hparam_metrics, hparams
 from runner.results import RunResult
 from runner.rundir.folder import new_run_dir
+from runner.rundir.lifecycle import guarded
 from runner.rundir.report_files import finish
 from runner.spec.types import Spec
 from runner.training.setup import load_checkpoint_model, prepared_model, quiet_libraries

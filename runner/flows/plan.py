@@ -18,11 +18,11 @@ import time
 import torch
 
 from runner.evaluation.probes import PROBES, ProbeData, run_probe
-from runner.flows.preview import summary_text
-from runner.inputs import Inputs
+from runner.inputs import Inputs, summary_text
 from runner.preflight import preflight
 from runner.spec.types import Spec
 from runner.training.memory import peak_rss_mb
+from runner.training.setup import run_precision, step_counts
 
 TIMED_STEPS = 3  # after one warm-up step
 
@@ -77,7 +77,7 @@ def plan(spec: Spec) -> dict:
         "epochs": round(epochs, 2),
         "trainable_params": trainable,
         "total_params": total,
-        "precision": _precision(spec),
+        "precision": run_precision(spec),
         "train_tokens_per_epoch": train_tokens,
         "train_tokens_per_second": round(1 / per_token, 1) if per_token else None,
         "estimate_seconds": {**stages, "total": round(sum(stages.values()), 2)},
@@ -129,25 +129,6 @@ def experiment_plan_text(result: dict) -> str:
     return "\n".join(lines)
 
 
-def step_counts(spec: Spec, batches_per_epoch: int) -> tuple[int, int, int]:
-    """(batches per epoch, optimizer steps per epoch, optimizer steps at most)."""
-    steps_per_epoch = math.ceil(batches_per_epoch / spec.training.gradient_accumulation)
-    steps = spec.training.epochs * steps_per_epoch
-    if spec.training.max_steps is not None:
-        steps = min(steps, spec.training.max_steps)
-    return batches_per_epoch, steps_per_epoch, steps
-
-
-def run_header(spec: Spec, batches_per_epoch: int, trainable: int, total: int) -> str:
-    """The plan's first line, printed by `runner run` before training (no timed steps)."""
-    _, per_epoch, steps = step_counts(spec, batches_per_epoch)
-    return (
-        f"Training: {steps} optimizer steps at most ({per_epoch} per epoch, {spec.training.epochs} epochs), "
-        f"{trainable:,} trainable of {total:,} parameters, {_precision(spec)}. "
-        f"Time and memory estimate: runner plan {spec.source_path or 'SPEC'}"
-    )
-
-
 def plan_text(result: dict) -> str:
     """The plan of one run (plan's result) as text: data, steps, the time per phase and peak memory."""
     est = result["estimate_seconds"]
@@ -177,12 +158,6 @@ def plan_text(result: dict) -> str:
 def _clock(seconds: float) -> str:
     minutes, secs = divmod(round(seconds), 60)
     return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
-
-
-def _precision(spec: Spec) -> str:
-    from runner.model.precision import resolve_precision
-
-    return resolve_precision(spec.trainer.precision, spec.trainer.accelerator)
 
 
 def _time_training(module, datamodule, spec: Spec) -> tuple[float, float]:
@@ -216,7 +191,7 @@ def _autocast(spec: Spec):
 
     from runner.model.precision import autocast_dtype
 
-    dtype = autocast_dtype(_precision(spec))
+    dtype = autocast_dtype(run_precision(spec))
     return torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 

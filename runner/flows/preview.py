@@ -8,15 +8,12 @@ and the data checks.
 from __future__ import annotations
 
 import json
-import statistics
 
 from runner.data.encode import IGNORE_INDEX
 from runner.data.examples import Example, TaskData
-from runner.inputs import Inputs
+from runner.inputs import LOSS_CLOSE, LOSS_OPEN, Inputs, summary_text
 from runner.preflight import preflight
 from runner.spec.types import Spec
-
-LOSS_OPEN, LOSS_CLOSE = "⟦", "⟧"  # around the tokens that carry loss
 
 
 def preview(spec: Spec, rows: int, split: str, as_json: bool) -> str:
@@ -65,36 +62,3 @@ def row_text(record: dict) -> str:
         + f" · {record['tokens']} tokens, {record['loss_tokens']} carry loss{flags} ──"
     )
     return f"{head}\n{record['prompt']}{LOSS_OPEN}{record['loss_text']}{LOSS_CLOSE}"
-
-
-def summary_text(inputs: Inputs, spec: Spec) -> str:
-    """Per task and split: rows and token lengths (min, median, p90, max), shortened rows, label
-    counts for classification; then every data-check finding.
-    """
-    lines = [f"Tokens per row (prompt + completion, as trained; {LOSS_OPEN}…{LOSS_CLOSE} marks the loss tokens above):"]
-    for data in inputs.tasks:
-        lines.append(f"task {data.task.name}: {data.task.data.describe()}")
-        for name, examples in data.splits().items():
-            lengths = [len(inputs.encoder.encode(e, data.completion_eos)["input_ids"]) for e in examples]
-            truncated = sum(e.truncated for e in examples)
-            lines.append(
-                f"  {name:<5} {len(examples):>6} rows  tokens min {min(lengths)}, median {statistics.median(lengths):g}, "
-                f"p90 {percentile(lengths, 0.9)}, max {max(lengths)}; shortened to fit "
-                f"{spec.model.max_length}: {truncated}"
-            )
-        if data.task.is_classification:
-            counts = data.label_counts()
-            lines.append(
-                "  labels "
-                + "; ".join(f"{s}: " + ", ".join(f"{k} {v}" for k, v in c.items()) for s, c in counts.items())
-            )
-    lines.append("")
-    lines.append("Data checks:" if inputs.findings else "Data checks: nothing found.")
-    lines += [f"  {finding.line()}" for finding in inputs.findings]
-    return "\n".join(lines)
-
-
-def percentile(values: list[int], q: float) -> int:
-    """The `q` quantile as the sorted value at index int(q * n): no interpolation, always one of the values."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]

@@ -14,20 +14,17 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from runner.data.mixture import FineTuneData
-from runner.data.split import splits_record
-from runner.errors import Interrupted, RunnerError, SpecError
+from runner.errors import Interrupted, SpecError
 from runner.evaluation.evaluator import Evaluator
 from runner.evaluation.scoring import (
     Scoring,
     base_evaluator,
-    describe_data,
     make_evaluator,
     needs_base_copy,
     score_base,
@@ -35,7 +32,6 @@ from runner.evaluation.scoring import (
     summarize,
     timed,
 )
-from runner.flows.plan import run_header
 from runner.inputs import Inputs, prepare_inputs, print_findings
 from runner.model.load import count_parameters
 from runner.model.methods import METHODS, apply_method
@@ -49,8 +45,8 @@ from runner.rundir.folder import (
     last_checkpoint,
     new_run_dir,
     resume_problems,
-    write_run_header,
 )
+from runner.rundir.lifecycle import guarded
 from runner.rundir.model_files import export_model, write_inference_files
 from runner.rundir.ranks import (
     RUN_DIR_ENV,
@@ -60,12 +56,11 @@ from runner.rundir.ranks import (
     launched_externally,
     wait_for_header,
 )
-from runner.rundir.report_files import finish, start_report, write_report
+from runner.rundir.report_files import finish, write_report
 from runner.spec.types import Spec
-from runner.training.callbacks import STOP
 from runner.training.memory import peak_rss_mb
 from runner.training.module import FineTuner
-from runner.training.setup import make_datamodule, prepared_model, quiet_libraries, trainable_module
+from runner.training.setup import make_datamodule, prepared_model, quiet_libraries, run_header, trainable_module
 from runner.training.trainer import FitResult, fit, load_weights
 
 log = logging.getLogger(__name__)
@@ -171,61 +166,6 @@ def describe_training_data(datamodule: FineTuneData, spec: Spec) -> dict:
     if spec.replay is not None:
         out["replay"] = {"share": spec.replay.share, "of": spec.replay.of, "data": str(spec.replay.data)}
     return out
-
-
-def guarded(spec: Spec, run_dir: Path, mode: str, inputs: Inputs, flow: Callable[[RunResult], None]) -> Path:
-    """Run a flow with its report kept honest: whatever stops it (an error, Ctrl-C, SIGTERM from
-    a scheduler), report.json says so and report.md/html show what was done."""
-    # A resumed run keeps the header it started with (checked equal by check_resumable).
-    resumed = mode == "train" and (run_dir / "spec.yaml").is_file() and (run_dir / "checkpoints").is_dir()
-    if not resumed:
-        write_run_header(run_dir, spec, splits_record(inputs.tasks, spec.seed), input_fingerprints(spec, inputs.tasks))
-    result = start_report(spec, run_dir, mode)
-    describe_data(result, inputs.tasks, inputs.findings, inputs.encoder, spec)
-    result.cost.prepare_seconds = round(inputs.seconds, 1)
-    write_report(run_dir, result)  # "running", from the start
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    for sig in previous:
-        signal.signal(sig, _raise_interrupted)
-    try:
-        flow(result)
-    except Interrupted as exc:
-        exc.detail = f"the report in {run_dir} says so; continue with: {resume_command(spec, run_dir)}"
-        finish(run_dir, result, "interrupted", f"stopped by {exc.name}; continue with: {resume_command(spec, run_dir)}")
-        raise
-    except RunnerError as exc:
-        finish(run_dir, result, "failed", exc.message)
-        raise
-    except Exception as exc:
-        finish(run_dir, result, "failed", f"{type(exc).__name__}: {exc}")
-        raise
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    return run_dir
-
-
-def _raise_interrupted(signum: int, frame) -> None:
-    if STOP.training and STOP.signum is None:
-        # Training: the step in progress finishes and a checkpoint is saved first (LastCheckpoint).
-        STOP.signum = signum
-        print(
-            f"\n{signal.Signals(signum).name}: stopping after this training step, with a checkpoint "
-            "(again to stop at once, from the last checkpoint).",
-            file=sys.stderr,
-        )
-        return
-    # Raised, not handled here, so the flow unwinds (Lightning passes a BaseException that is
-    # not a KeyboardInterrupt through fit unchanged) and the report is written on the way out.
-    signal.signal(signum, signal.SIG_IGN)  # a further Ctrl-C must not break the report writing
-    raise Interrupted(signum)
-
-
-def resume_command(spec: Spec, run_dir: Path) -> str:
-    """The command that continues this run, printed when it stops early."""
-    # A run of an experiment continues with its experiment (variants/<run>/ -> the parent).
-    folder = run_dir.parent.parent if spec.run is not None else run_dir
-    return f"runner run {spec.source_path or 'SPEC'} --resume {folder}"
 
 
 def train(

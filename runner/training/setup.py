@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 import warnings
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from runner.evaluation.evaluator import Evaluator
 from runner.inputs import Inputs
 from runner.model.load import load_model
 from runner.model.methods import apply_method
+from runner.model.precision import resolve_precision
 from runner.spec.types import Spec
 from runner.training.memory import use_activation_checkpointing
 from runner.training.module import FineTuner
@@ -119,3 +121,27 @@ def load_checkpoint_model(model: torch.nn.Module, tokenizer, spec: Spec, checkpo
     except (RuntimeError, KeyError) as exc:
         raise RunnerError(f"--checkpoint {checkpoint} does not fit this spec's model and method: {exc}") from None
     return module.model
+
+
+def step_counts(spec: Spec, batches_per_epoch: int) -> tuple[int, int, int]:
+    """(batches per epoch, optimizer steps per epoch, optimizer steps at most)."""
+    steps_per_epoch = math.ceil(batches_per_epoch / spec.training.gradient_accumulation)
+    steps = spec.training.epochs * steps_per_epoch
+    if spec.training.max_steps is not None:
+        steps = min(steps, spec.training.max_steps)
+    return batches_per_epoch, steps_per_epoch, steps
+
+
+def run_header(spec: Spec, batches_per_epoch: int, trainable: int, total: int) -> str:
+    """The plan's first line, printed by `runner run` before training (no timed steps)."""
+    _, per_epoch, steps = step_counts(spec, batches_per_epoch)
+    return (
+        f"Training: {steps} optimizer steps at most ({per_epoch} per epoch, {spec.training.epochs} epochs), "
+        f"{trainable:,} trainable of {total:,} parameters, {run_precision(spec)}. "
+        f"Time and memory estimate: runner plan {spec.source_path or 'SPEC'}"
+    )
+
+
+def run_precision(spec: Spec) -> str:
+    """The precision the run trains and scores at (`auto` resolved for this machine)."""
+    return resolve_precision(spec.trainer.precision, spec.trainer.accelerator)

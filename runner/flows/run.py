@@ -10,7 +10,6 @@ score it (fine-tuned, probes "after", drift) -> write the report.
 from __future__ import annotations
 
 import copy
-import logging
 import os
 import signal
 import sys
@@ -62,8 +61,6 @@ from runner.training.memory import peak_rss_mb
 from runner.training.module import FineTuner
 from runner.training.setup import make_datamodule, prepared_model, quiet_libraries, run_header, trainable_module
 from runner.training.trainer import FitResult, fit, load_weights
-
-log = logging.getLogger(__name__)
 
 
 def run_spec(

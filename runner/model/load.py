@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 from pathlib import Path
 
 import torch
@@ -13,8 +12,6 @@ from runner.errors import RunnerError
 from runner.model.gguf import converted_gguf, file_sha256, gguf_quantisation, package_version, smollm2_gguf_path
 from runner.model.sources import DEFAULT_MODEL, RANDOM_TINY
 from runner.model.tiny import byte_tokenizer, random_tiny, random_tiny_config
-
-log = logging.getLogger(__name__)
 
 
 def load_model(source: str, seed: int = 0) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:

@@ -64,9 +64,9 @@ NOT_SCORING = (
     "flows/experiment.py",
     "flows/preview.py",
     "flows/runs.py",
+    "flows/validate.py",
     "report/*",
-    "rundir/experiment.py",
-    "rundir/folder.py",
+    "rundir/*",
     "spec/*",
 )
 

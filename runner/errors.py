@@ -51,6 +51,13 @@ class DataError(ProblemsError):
     what = "data set"
 
 
+class RunFolderError(ProblemsError):
+    """A run folder given as input (`eval --checkpoint`, `predict`, `export`, `--resume`,
+    `--run-dir`) that cannot be used: each problem names the file, what is wrong and the fix."""
+
+    what = "run folder"
+
+
 class Interrupted(BaseException):
     """SIGINT (Ctrl-C) or SIGTERM (a scheduler, `docker stop`) arrived: the run stops, its report
     says `interrupted`, and the process exits 128 + the signal number (130, 143).

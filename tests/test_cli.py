@@ -309,7 +309,7 @@ def test_resume_from_a_damaged_checkpoint_is_a_clear_error(classification_run, t
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
     (copy / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
-    assert main(["run", str(root / "spec.yaml"), "--resume", str(copy)]) == 1
+    assert main(["run", str(root / "spec.yaml"), "--resume", str(copy)]) == 2
     err = capsys.readouterr().err
     assert "checkpoints/last.ckpt cannot be read as a checkpoint" in err and "Traceback" not in err
     assert json.loads((copy / "report.json").read_text())["status"] == "complete"  # the earlier report is kept

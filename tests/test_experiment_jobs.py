@@ -159,7 +159,7 @@ def test_a_different_spec_is_refused_by_an_existing_experiment_folder(two_jobs, 
     # A folder that holds something else is not made into an experiment.
     (two_jobs["root"] / "other").mkdir()
     (two_jobs["root"] / "other" / "notes.txt").write_text("mine")
-    assert main(["run", str(two_jobs["spec"]), "--run-dir", str(two_jobs["root"] / "other")]) == 1
+    assert main(["run", str(two_jobs["spec"]), "--run-dir", str(two_jobs["root"] / "other")]) == 2
     assert "not empty and not an experiment folder" in capsys.readouterr().err
 
 

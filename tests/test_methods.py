@@ -206,9 +206,9 @@ def test_predict_names_every_bad_row_and_writes_nothing(lora_run, tmp_path, caps
 
 
 def test_predict_and_export_need_a_finished_run_folder(tmp_path, capsys):
-    assert main(["predict", str(tmp_path), "--input", "x.jsonl"]) == 1
+    assert main(["predict", str(tmp_path), "--input", "x.jsonl"]) == 2
     assert "no inference.json and model/ here" in capsys.readouterr().err
-    assert main(["export", str(tmp_path / "missing"), "--merged", str(tmp_path / "out")]) == 1
+    assert main(["export", str(tmp_path / "missing"), "--merged", str(tmp_path / "out")]) == 2
     assert "not a folder" in capsys.readouterr().err
 
 

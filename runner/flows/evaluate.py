@@ -23,14 +23,18 @@ from runner.report.tensorboard import hparam_metrics, hparams
 from runner.results import RunResult
 from runner.rundir.folder import new_run_dir
 from runner.rundir.lifecycle import guarded
+from runner.rundir.model_files import check_checkpoint
 from runner.rundir.report_files import finish
 from runner.spec.types import Spec
 from runner.training.setup import load_checkpoint_model, prepared_model, quiet_libraries
 
 
 def evaluate_spec(spec: Spec, checkpoint: Path | None, output_dir: Path | None = None) -> Path:
-    """Evaluate without training: the base model, and a checkpoint's model if given."""
+    """Evaluate without training: the base model, and a checkpoint's model if given (checked
+    first: a damaged or foreign file stops before a run folder is made or anything is scored)."""
     quiet_libraries()
+    if checkpoint is not None:
+        check_checkpoint(checkpoint)
     (inputs,) = preflight(spec, output_dir=output_dir, writes=True)
     print_findings(inputs.findings)
     run_dir = new_run_dir(output_dir or spec.output_dir, spec.name)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from runner.errors import RunnerError
 from runner.model.methods import METHODS
+from runner.rundir.folder import writing
 from runner.rundir.model_files import load_run_model, read_inference
 
 
@@ -20,8 +21,11 @@ def export(run_dir: Path, out: Path, merged: bool) -> Path:
 
     The folder is written beside `out` and renamed into place, so a failed export leaves nothing at `out`.
 
+    The run folder is checked first (read_inference): a damaged or changed file stops before any work.
+
     Raises:
         RunnerError: `out` is not empty, or the run's method cannot be exported that way.
+        RunFolderError: a file in the run folder is damaged or changed.
     """
     inference = read_inference(run_dir)
     method = METHODS[inference["method"]]
@@ -44,9 +48,10 @@ def export(run_dir: Path, out: Path, merged: bool) -> Path:
     model, tokenizer = load_run_model(run_dir, inference)
     if merged and hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
-    model.save_pretrained(partial, safe_serialization=True)
-    tokenizer.save_pretrained(partial)
-    if out.exists():
-        out.rmdir()
-    partial.replace(out)
+    with writing(out):
+        model.save_pretrained(partial, safe_serialization=True)
+        tokenizer.save_pretrained(partial)
+        if out.exists():
+            out.rmdir()
+        partial.replace(out)
     return out

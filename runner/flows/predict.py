@@ -32,8 +32,10 @@ from runner.evaluation.evaluator import Answers, Evaluator
 from runner.limits import DEFAULT_LIMITS, Limits, limits_from
 from runner.model.load import merged_adapters
 from runner.model.precision import autocast_dtype
+from runner.rundir.folder import writing
 from runner.rundir.model_files import load_run_model, read_inference
 from runner.spec.types import DataSource, TaskSpec
+from runner.terminal import printable
 
 FORMATS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
 
@@ -48,7 +50,8 @@ def predict(
     inference = read_inference(run_dir)
     task_name = task_name or inference["primary_task"]
     if task_name not in inference["tasks"]:
-        raise RunnerError(f"--task {task_name!r}: this run's tasks are {', '.join(inference['tasks'])}.")
+        tasks = ", ".join(printable(name, 60) for name in inference["tasks"])
+        raise RunnerError(f"--task {task_name!r}: this run's tasks are {tasks}.")
     entry = inference["tasks"][task_name]
     limits = limits_from(inference.get("limits"))
     with _input_file(source, fmt) as (path, fmt):
@@ -56,7 +59,7 @@ def predict(
     task = TaskSpec(
         name=task_name,
         data=DataSource(path=Path(source)),
-        template=run_dir / entry["template"],
+        template=Path(entry["template"]),  # resolved inside the run folder by read_inference
         split=None,
         labels=tuple(entry["labels"]) if entry["labels"] else None,
         label_map=entry["label_map"],
@@ -194,17 +197,19 @@ def _input_file(source: str, fmt: str | None):
     if source != "-":
         path = Path(source)
         if not path.is_file():
-            raise RunnerError(f"--input {source}: no such file.")
+            what = "a folder, not a file" if path.is_dir() else "no such file"
+            raise DataError(f"--input {source}", [f"{what}; give a JSONL, CSV, TSV, JSON or Parquet file, or '-'."])
         fmt = fmt or FORMATS.get(path.suffix.lower())
         if fmt is None:
-            raise RunnerError(
-                f"--input {source}: unknown format; name it with --format ({', '.join(sorted(set(FORMATS.values())))})."
+            raise DataError(
+                f"--input {source}",
+                [f"unknown format; name it with --format ({', '.join(sorted(set(FORMATS.values())))})."],
             )
         yield path, fmt
         return
     text = sys.stdin.read()
     if not text.strip():
-        raise RunnerError("--input -: standard input is empty; pipe rows in (JSON lines or CSV).")
+        raise DataError("--input -", ["standard input is empty; pipe rows in (JSON lines or CSV)."])
     fmt = fmt or ("jsonl" if text.lstrip().startswith("{") else "csv")
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"stdin.{fmt}"
@@ -219,9 +224,10 @@ def _output(output: Path | None):
         return
     partial = output.with_name(output.name + ".partial")  # never a half-written predictions file
     try:
-        with open(partial, "w") as f:
+        with writing(output, partial), open(partial, "w") as f:
             yield f
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    partial.replace(output)
+    with writing(output, partial):
+        partial.replace(output)

@@ -13,14 +13,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from runner.data.split import splits_record
-from runner.errors import RunnerError
+from runner.errors import RunFolderError, RunnerError
 from runner.inputs import Inputs
 from runner.rundir import folder as reporting
 from runner.rundir.folder import environment, new_run_dir, spec_text
 from runner.rundir.model_files import run_status
+from runner.rundir.ranks import check_target, make_folder
 from runner.spec.parse import read_spec_file
 from runner.spec.types import Spec
 from runner.spec.written import written_spec
+from runner.terminal import printable
 
 STATE_FILE = "experiment.json"
 
@@ -89,32 +91,36 @@ def _unchecked_inputs(run: Spec) -> Inputs:
 def join_experiment(parent: Path, spec: Spec, header_inputs: Callable[[], Inputs]) -> None:
     """Create the shared experiment folder and its header, or check that the header there is
     this experiment's. Several jobs may start at the same moment: the lock makes exactly one of
-    them write the header, and the others find it whole."""
-    parent.mkdir(parents=True, exist_ok=True)
+    them write the header, and the others find it whole. A folder that is neither (a project
+    folder, a file, a single run) is refused before anything is written into it."""
+    if not (parent / STATE_FILE).is_file():
+        _check_new_experiment_folder(parent)
+    make_folder(parent)
     with locked(parent):
         if (parent / STATE_FILE).is_file():  # written last: the header is complete
             check_same_experiment(parent, spec, flag="--run-dir")
             print(f"Joined experiment {parent} (its spec matches).", file=sys.stderr)
             return
-        if (parent / "report.json").is_file():
-            raise RunnerError(f"--run-dir {parent}: holds a single run, not an experiment; name another folder.")
-        # A header cut short (a job killed while writing it) is written again; anything else
-        # means the folder is not meant for this experiment.
-        strangers = sorted(p.name for p in parent.iterdir() if p.name not in HEADER_FILES and p.suffix != ".tmp")
-        if strangers:
-            raise RunnerError(
-                f"--run-dir {parent}: not empty and not an experiment folder (no {STATE_FILE}; holds "
-                f"{', '.join(strangers[:5])}); name a new or empty folder."
-            )
+        _check_new_experiment_folder(parent)  # again, under the lock
         write_header(parent, spec, header_inputs())
         print(f"Created experiment {parent}.", file=sys.stderr)
+
+
+def _check_new_experiment_folder(parent: Path) -> None:
+    """A folder without experiment.json that --run-dir names: missing, empty, or a header cut
+    short (a job killed while writing it, written again); anything else is not meant for it."""
+    if (parent / "report.json").is_file():
+        raise RunFolderError(
+            f"--run-dir {parent}", [f"{parent}: holds a single run, not an experiment; name another folder."]
+        )
+    check_target(parent, HEADER_FILES, f"not an experiment folder (no {STATE_FILE})")
 
 
 def write_header(parent: Path, spec: Spec, inputs: Inputs) -> None:
     """spec.yaml, splits.json, environment.json, then experiment.json (every run pending): its
     presence says the header is whole. Called under the folder's lock."""
     reporting.write_json(parent / "splits.json", splits_record(inputs.tasks, spec.seed))
-    (parent / "spec.yaml").write_text(spec_text(spec, "experiment"))
+    reporting.write_text(parent / "spec.yaml", spec_text(spec, "experiment"))
     reporting.write_json(parent / "environment.json", environment(spec))
     write_state(parent, {r.run.name: "pending" for r in spec.runs}, {})
 
@@ -133,11 +139,15 @@ def check_same_experiment(parent: Path, spec: Spec, flag: str = "--resume") -> N
     path = parent / "spec.yaml"
     if not (parent / STATE_FILE).is_file() or not path.is_file():
         raise RunnerError(f"{flag} {parent}: not an experiment folder (no {STATE_FILE} or spec.yaml there).")
+    damaged = state_problems(parent)
+    if damaged:
+        raise RunFolderError(f"{flag} {parent}", damaged, footer=reporting.CHANGED)
     before = read_spec_file(path)
     now = _resolved(spec)
-    changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    changed = sorted((k for k in set(before) | set(now) if before.get(k) != now.get(k)), key=str)
     if not changed:
         return
+    changed = [printable(k, 60) for k in changed]  # keys read from the folder's spec.yaml
     if flag == "--resume":
         raise RunnerError(
             f"--resume {parent}: the spec changed since this experiment started ({', '.join(changed)}); "
@@ -159,6 +169,24 @@ def read_document(parent: Path) -> dict:
     if not isinstance(document, dict):
         document = {}
     return {"runs": document.get("runs") or {}, "claims": document.get("claims") or {}}
+
+
+def state_problems(parent: Path) -> list[str]:
+    """What makes experiment.json unusable (empty: nothing): it must be an object whose "runs"
+    maps each run to its state and whose "claims" maps runs to objects."""
+    try:
+        document = json.loads((parent / STATE_FILE).read_text(encoding="utf-8"))
+    except OSError as exc:
+        return [f"{STATE_FILE}: cannot be read ({exc.strerror or exc})."]
+    except (ValueError, RecursionError) as exc:
+        return [f"{STATE_FILE}: not valid JSON ({printable(exc, 120)})."]
+    runs = document.get("runs") if isinstance(document, dict) else None
+    claims = document.get("claims", {}) if isinstance(document, dict) else None
+    if not isinstance(runs, dict) or not all(isinstance(v, str) for v in runs.values()):
+        return [f'{STATE_FILE}: no "runs" object of run states.']
+    if not isinstance(claims, dict) or not all(isinstance(v, dict) for v in claims.values()):
+        return [f'{STATE_FILE}: "claims" is not an object of claims.']
+    return []
 
 
 def read_state(parent: Path) -> dict[str, str]:

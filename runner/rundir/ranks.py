@@ -13,8 +13,10 @@ import os
 import time
 from pathlib import Path
 
-from runner.errors import RunnerError
+from runner.errors import RunFolderError, RunnerError
+from runner.rundir.folder import runner_made_spec, write_error
 from runner.spec.types import Spec
+from runner.terminal import printable
 
 RUN_DIR_ENV = "RUNNER_RUN_DIR"
 
@@ -57,13 +59,66 @@ def agreed_run_dir(spec: Spec, output_dir: Path | None, resume: Path | None, run
 
 
 def claim_run_dir(run_dir: Path) -> Path:
-    """Rank 0 creates the agreed folder; one that already holds a run is not reused silently."""
+    """Rank 0 creates the agreed folder. Only a missing or empty folder is taken, or one holding
+    nothing but the header runner began to write there: a folder that holds a run is not reused
+    silently, and any other (a project folder with its own spec.yaml, a file) is never written into.
+
+    Raises:
+        RunFolderError: the folder holds a run or something else (exit 2).
+    """
     if (run_dir / "report.json").is_file():
-        raise RunnerError(
-            f"{run_dir} already holds a run; continue it with --resume {run_dir}, or name another folder."
+        raise RunFolderError(
+            str(run_dir), [f"already holds a run; continue it with --resume {run_dir}, or name another folder."]
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_target(run_dir, RUN_HEADER_FILES, "not a run folder")
+    make_folder(run_dir)
     return run_dir
+
+
+# What a run folder holds before its report.json: the header a rank 0 killed while writing it left.
+RUN_HEADER_FILES = frozenset({"spec.yaml", "splits.json", "environment.json", "fingerprints.json"})
+
+
+def check_target(folder: Path, header: frozenset[str] | set[str], what: str) -> None:
+    """A folder that --run-dir (or a launcher's job id) names: missing, empty, or holding only
+    runner's own `header` files (a spec.yaml that runner wrote, not a user's); else RunFolderError."""
+    fix = "name a new or empty folder, or drop --run-dir for a new timestamped one."
+    if folder.exists() and not folder.is_dir():
+        raise RunFolderError(f"--run-dir {folder}", [f"{folder.absolute()}: a file, not a folder; {fix}"])
+    foreign = foreign_entries(folder, header) if folder.is_dir() else []
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise RunFolderError(
+            f"--run-dir {folder}", [f"{folder.absolute()}: not empty and {what} (holds {shown}); {fix}"]
+        )
+
+
+def foreign_entries(folder: Path, header: frozenset[str] | set[str]) -> list[str]:
+    """What in `folder` runner's header does not explain: anything not named in `header` (leftover
+    `.tmp` files of an atomic write aside), a folder or link by such a name, and a spec.yaml that
+    runner did not write. Names are shown safe to print."""
+    foreign = []
+    for entry in sorted(folder.iterdir()):
+        plain = entry.is_file() and not entry.is_symlink()
+        ours = plain and (entry.name in header or entry.suffix == ".tmp")
+        if ours and entry.name == "spec.yaml" and not runner_made_spec(entry):
+            foreign.append("spec.yaml (not written by runner)")
+        elif not ours:
+            foreign.append(printable(entry.name, 60) + ("/" if entry.is_dir() else ""))
+    return foreign
+
+
+def make_folder(folder: Path) -> None:
+    """mkdir -p, a failure located: a path through a file is the input's fault (exit 2), a full
+    disk or a read-only folder the machine's (exit 1)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise RunFolderError(
+            f"--run-dir {folder}", [f"{folder}: cannot be made, a file lies on its path; name another folder."]
+        ) from None
+    except OSError as exc:
+        raise write_error(folder, exc) from None
 
 
 def wait_for_header(run_dir: Path, timeout: float = 1800.0) -> None:

@@ -15,7 +15,7 @@ from runner.report.figures import make_figures
 from runner.report.html import to_html, to_markdown
 from runner.report.tensorboard import log_to_tensorboard
 from runner.results import RunResult
-from runner.rundir.folder import now, write_json
+from runner.rundir.folder import now, write_json, write_text, writing
 from runner.spec.types import Spec
 
 
@@ -58,13 +58,15 @@ def finish(run_dir: Path, result: RunResult, status: str, error: str | None = No
     figures = make_figures(result)
     pngs = {key: plots.png_bytes(fig) for key, fig in figures.items()}
     if pngs:
-        (run_dir / "plots").mkdir(exist_ok=True)
+        with writing(run_dir / "plots"):
+            (run_dir / "plots").mkdir(exist_ok=True)
         for key, png in pngs.items():
-            (run_dir / "plots" / f"{key}.png").write_bytes(png)
+            with writing(run_dir / "plots" / f"{key}.png"):
+                (run_dir / "plots" / f"{key}.png").write_bytes(png)
     blocks = document(result, pngs)
-    (run_dir / "report.md").write_text(to_markdown(blocks, {k: f"plots/{k}.png" for k in pngs}))
+    write_text(run_dir / "report.md", to_markdown(blocks, {k: f"plots/{k}.png" for k in pngs}))
     uris = {key: plots.data_uri(png) for key, png in pngs.items()}
-    (run_dir / "report.html").write_text(to_html(blocks, uris, result.name))
+    write_text(run_dir / "report.html", to_html(blocks, uris, result.name))
     if writer is not None:
         log_to_tensorboard(writer, result, figures, step)
     for fig in figures.values():

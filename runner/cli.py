@@ -6,24 +6,28 @@ Exit codes: 0 success, 2 bad spec or bad data (a message, never a traceback), 1 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
-from runner.errors import Interrupted, RunnerError
+from runner.errors import Interrupted, RunFolderError, RunnerError
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `runner` script; returns the process exit code instead of raising.
 
     Every failure becomes one line on stderr: a RunnerError its own exit code (2 for bad spec or
-    data), Ctrl-C 130, anything else 1 unless RUNNER_DEBUG is set, which re-raises for the traceback.
+    data), Ctrl-C 130, anything else 1 (-v adds the traceback; RUNNER_DEBUG=1 re-raises it).
     """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        with verbosity(args.quiet, args.verbose):
+            return args.func(args)
     except RunnerError as exc:
         print(f"error: {exc.message}" if exc.exit_code != 2 else exc.message, file=sys.stderr)
         return exc.exit_code
@@ -36,9 +40,47 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # the machine (out of memory, a full disk) or a bug: one clear line
         if os.environ.get("RUNNER_DEBUG"):
             raise
+        if args.verbose:
+            traceback.print_exc()
         message = " ".join(str(exc).split())[:500]
-        print(f"error: {type(exc).__name__}: {message}\n(RUNNER_DEBUG=1 shows the traceback)", file=sys.stderr)
+        hint = "" if args.verbose else "\n(runner -v shows the traceback)"
+        print(f"error: {type(exc).__name__}: {message}{hint}", file=sys.stderr)
         return 1
+
+
+@contextlib.contextmanager
+def verbosity(quiet: bool, verbose: bool):
+    """-q: stderr carries errors only (main prints them after this block; progress lines, data-check
+    findings, scoring bars and warnings go nowhere); -v: the libraries' warnings and runner's info log.
+    RUNNER_QUIET / RUNNER_VERBOSE tell quiet_libraries (and a trainer's progress bar) for the command."""
+    stderr, name = sys.stderr, "RUNNER_QUIET" if quiet else "RUNNER_VERBOSE" if verbose else ""
+    if name:
+        os.environ[name] = "1"
+    if quiet:
+        sys.stderr = open(os.devnull, "w")  # left open: a library's log handler may hold it
+    if verbose:
+        logging.basicConfig(format="%(name)s: %(message)s")
+        logging.getLogger("runner").setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        sys.stderr = stderr
+        os.environ.pop(name, None)
+
+
+def runner_version() -> str:
+    """`runner --version`: the installed distribution's; in a source tree without one, pyproject.toml's."""
+    import importlib.metadata
+    import re
+
+    try:
+        return importlib.metadata.version("runner")
+    except importlib.metadata.PackageNotFoundError:
+        from runner import __version__
+
+        pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+        found = pyproject.is_file() and re.search(r'^version = "([^"]+)"', pyproject.read_text(), re.M)
+        return found.group(1) if found else __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="runner", description="Declarative instruction fine-tuning: one spec file per experiment."
     )
+    parser.add_argument("--version", action="version", version=f"runner {runner_version()}")
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument("-q", "--quiet", action="store_true", help="nothing on stderr but errors")
+    loudness.add_argument("-v", "--verbose", action="store_true", help="also library warnings and tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 
     validate = sub.add_parser("validate", help="check a spec and print it with every default filled in")
@@ -57,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("spec", type=Path)
     add_overrides(run)
     run.add_argument("--output-dir", type=Path, help="where run folders go (overrides output_dir)")
+    run.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the spec's own data, templates, method and report end to end in about a minute: a random "
+        "2-layer model with the spec model's tokenizer, a few steps, a few test rows, no few-shot or probes",
+    )
     run.add_argument(
         "--resume",
         type=Path,
@@ -198,9 +250,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from runner.rundir.ranks import is_rank_zero
     from runner.spec.load import load_spec
 
-    spec = load_spec(args.spec, args.overrides)
+    spec = load_spec(args.spec, args.overrides, smoke=args.smoke)
     if args.resume is not None and not args.resume.is_dir():
-        raise RunnerError(f"--resume {args.resume}: not a run folder.")
+        raise RunFolderError(f"--resume {args.resume}", ["not a folder; give the run folder `runner run` printed."])
+    if spec.smoke:
+        print(f"Smoke run {spec.name}: leaves out {'; '.join(spec.smoke)}.", file=sys.stderr)
     if spec.is_experiment:
         from runner.flows.experiment import experiment_summary, run_experiment_runs
 
@@ -233,8 +287,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from runner.spec.load import load_spec
 
     spec = load_spec(args.spec, args.overrides)
-    if args.checkpoint is not None and not args.checkpoint.exists():
-        raise RunnerError(f"--checkpoint {args.checkpoint}: not found.")
     run_dir = evaluate_spec(spec, None if args.base else args.checkpoint, output_dir=args.output_dir)
     print_summary(run_dir)
     return 0

@@ -75,9 +75,12 @@ def prepare_inputs(spec: Spec, with_probes: bool = True, enforce_checks: bool = 
 def _tokenizer(spec: Spec):
     """The model's tokenizer; one that cannot be loaded is a spec problem (the model.source)."""
     try:
-        return load_tokenizer(spec.model.source)
+        return load_tokenizer(spec.model.tokenizer or spec.model.source)
     except RunnerError as exc:
-        raise SpecError(str(spec.source_path or spec.name), [f"$.{exc.message}"]) from None
+        message = (
+            exc.message if spec.model.tokenizer is None else exc.message.replace("model.source", "model.tokenizer")
+        )
+        raise SpecError(str(spec.source_path or spec.name), [f"$.{message}"]) from None
 
 
 def check_train_rows(spec: Spec, tasks: list[TaskData]) -> None:

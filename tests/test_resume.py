@@ -66,7 +66,8 @@ def test_sigint_mid_training_checkpoints_and_resume_covers_every_epoch(workdir):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err and "stopping after this training step" in err
-    assert f"runner run {spec} --resume {run_dir}" in err
+    # The resume command names the run folder's own spec.yaml: every override the run had is in it.
+    assert f"runner run {run_dir / 'spec.yaml'} --resume {run_dir}" in err
     report = loads_strict((run_dir / "report.json").read_text())
     assert report["status"] == "interrupted" and f"--resume {run_dir}" in report["error"]
     assert (run_dir / "report.md").is_file() and (run_dir / "report.html").is_file()
@@ -74,7 +75,7 @@ def test_sigint_mid_training_checkpoints_and_resume_covers_every_epoch(workdir):
     from runner.flows.runs import runs_table
 
     line = next(line for line in runs_table(workdir / "runs").splitlines() if "interrupted" in line)
-    assert f"runner run {spec} --resume {run_dir}" in line
+    assert f"runner run {run_dir / 'spec.yaml'} --resume {run_dir}" in line
 
     assert main(["run", str(spec), "--resume", str(run_dir)]) == 0
     report = loads_strict((run_dir / "report.json").read_text())

@@ -140,7 +140,7 @@ def test_dataclasses_and_schema_stay_in_step():
     props = schema()["properties"]
     defs = schema()["$defs"]
     pairs = [
-        (Spec, props, {"source_path", "written", "runs", "run"}, {"$schema"}),
+        (Spec, props, {"source_path", "written", "runs", "run", "smoke"}, {"$schema"}),
         (spec_module.ReplaySpec, props["replay"]["properties"], set(), set()),
         (spec_module.VariantSpec, props["variants"]["items"]["properties"], set(), set()),
         (spec_module.CurveSpec, props["curve"]["properties"], set(), set()),

@@ -160,7 +160,7 @@ def context_parts(spec: Spec, evaluator: Evaluator) -> dict:
 
     device = evaluator.device
     return {
-        "model": model_parts(spec.model.source, spec.seed, evaluator.model),
+        "model": model_parts(spec.model.source, spec.seed, evaluator.model, spec.model.tokenizer),
         "model_settings": {
             "source": spec.model.source,
             "max_length": spec.model.max_length,
@@ -189,11 +189,11 @@ def context_parts(spec: Spec, evaluator: Evaluator) -> dict:
     }
 
 
-def model_parts(source: str, seed: int, model: torch.nn.Module) -> dict:
-    """What the base weights are: the random model's seed, the GGUF file's sha256, a local
-    folder's files (name, size, mtime), a hub model's commit."""
+def model_parts(source: str, seed: int, model: torch.nn.Module, tokenizer: str | None = None) -> dict:
+    """What the base weights are: the random model's seed (and the tokenizer it is sized to),
+    the GGUF file's sha256, a local folder's files (name, size, mtime), a hub model's commit."""
     if source == RANDOM_TINY:
-        return {"source": source, "seed": seed}
+        return {"source": source, "seed": seed, **({"tokenizer": tokenizer} if tokenizer else {})}
     parts = {"source": source, **describe_weights(source)}
     folder = Path(source).expanduser()
     if folder.is_dir():

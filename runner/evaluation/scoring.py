@@ -53,6 +53,16 @@ class Scoring:
     shared: Path | None = None
     shared_hits: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        # evaluation.test_rows: every rung scores the same first rows of each test split (the
+        # split is already a seeded shuffle), so the paired comparisons still pair.
+        cap = self.spec.evaluation.test_rows
+        if cap is not None and any(len(t.test) > cap for t in self.tasks):
+            if self.result is not None:
+                scored = ", ".join(f"{t.task.name} {min(cap, len(t.test))} of {len(t.test)}" for t in self.tasks)
+                self.result.notes.append(f"Only the first test rows were scored (evaluation.test_rows): {scored}.")
+            self.tasks = [dataclasses.replace(t, test=t.test[:cap]) for t in self.tasks]
+
     def cache_folders(self) -> list[Path]:
         """Where base scores are looked up and stored: the experiment's folder, then the cache."""
         folders = [self.shared] if self.shared is not None else []

@@ -23,6 +23,7 @@ only the runs that did not finish (an interrupted one from its last checkpoint).
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import shutil
 import sys
@@ -33,7 +34,8 @@ from runner.errors import Interrupted, RunnerError
 from runner.inputs import Inputs, print_findings
 from runner.report.comparison import write_comparison
 from runner.rundir.experiment import SHARED_SCORES, claim_run, current_states, locked, open_experiment, release_run
-from runner.rundir.folder import last_checkpoint
+from runner.rundir.folder import last_checkpoint, rerun_command
+from runner.spec.smoke import SMOKE_RUNS
 from runner.spec.types import Spec
 from runner.training.memory import reset_peak_rss
 
@@ -67,6 +69,9 @@ def run_experiment_runs(
     from runner.training.setup import quiet_libraries
 
     quiet_libraries()
+    if spec.smoke and not only and not indices:
+        # A smoke run of an experiment: two runs carry it through the comparison (--only picks others).
+        spec = dataclasses.replace(spec, runs=spec.runs[:SMOKE_RUNS])
     runs = selected_runs(spec, only, indices)
     # Every run's inputs first: a bad row in an added task, or a mixture that would move the
     # primary task's rows between splits, stops here, before any folder exists.
@@ -216,10 +221,8 @@ def not_complete(spec: Spec, parent: Path, waiting: dict[str, str]) -> str:
     )
     stopped = [name for name, state in waiting.items() if state in ("failed", "interrupted")]
     if stopped:
-        names = " ".join(f"--only {name}" for name in stopped)
-        text += (
-            f"\nTrain the stopped ones again with: runner run {spec.source_path or 'SPEC'} --run-dir {parent} {names}"
-        )
+        only = [flag for name in stopped for flag in ("--only", name)]
+        text += f"\nTrain the stopped ones again with: {rerun_command(parent, '--run-dir', parent, *only)}"
     return text
 
 
@@ -231,9 +234,9 @@ def experiment_complete(parent: Path) -> bool:
 def continue_command(spec: Spec, parent: Path, runs: list[Spec], shared: bool) -> str:
     """The command that continues this job's unfinished runs."""
     if not shared:
-        return f"runner run {spec.source_path or 'SPEC'} --resume {parent}"
-    names = "" if len(runs) == len(spec.runs) else " " + " ".join(f"--only {r.run.name}" for r in runs)
-    return f"runner run {spec.source_path or 'SPEC'} --run-dir {parent}{names}"
+        return rerun_command(parent, "--resume", parent)
+    only = [] if len(runs) == len(spec.runs) else [flag for r in runs for flag in ("--only", r.run.name)]
+    return rerun_command(parent, "--run-dir", parent, *only)
 
 
 def experiment_summary(parent: Path, shared: bool) -> str:

@@ -202,7 +202,7 @@ def train(
     model = apply_method(model, spec.method, tokenizer)
     module = trainable_module(model, spec, inputs.tasks, evaluator)
     if rank_zero:
-        record_parameters(result.cost, spec, model, len(datamodule.train_dataloader()))
+        record_parameters(result.cost, spec, model, len(datamodule.train_dataloader()), run_dir)
     fitted, trainer = fit(module, datamodule, spec, run_dir, resume_from)
     if not trainer.is_global_zero:
         return  # evaluation and the report are rank 0's
@@ -239,10 +239,10 @@ def keeps_base_copy(spec: Spec, base_later: bool) -> bool:
     return needs_base_copy(spec) or (base_later and METHODS[spec.method.kind].trains_base)
 
 
-def record_parameters(cost: Cost, spec: Spec, model: torch.nn.Module, batches_per_epoch: int) -> None:
+def record_parameters(cost: Cost, spec: Spec, model: torch.nn.Module, batches_per_epoch: int, run_dir: Path) -> None:
     """The trainable share in the report's cost, and the run's header line on the terminal."""
     cost.trainable_params, cost.total_params = count_parameters(model)
-    print(run_header(spec, batches_per_epoch, cost.trainable_params, cost.total_params), file=sys.stderr)
+    print(run_header(spec, batches_per_epoch, cost.trainable_params, cost.total_params, run_dir), file=sys.stderr)
 
 
 def training_record(fitted: FitResult, module: FineTuner) -> TrainingResult:

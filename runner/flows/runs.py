@@ -12,6 +12,8 @@ import socket
 from pathlib import Path
 
 from runner.results import RunResult, TaskResult
+from runner.rundir.folder import rerun_command
+from runner.terminal import printable
 
 ACTIVE = ("running",)
 
@@ -27,30 +29,43 @@ def find_reports(root: Path) -> list[Path]:
 
 
 def describe(path: Path, root: Path, now: dt.datetime) -> dict:
-    """One row: what the run is, how it ended, what it scored, what to do next."""
-    run_dir = path.parent
+    """One row: what the run is, how it ended, what it scored, what to do next. A report.json is
+    input like any other file: one that cannot be read is a row that says so (never a traceback
+    that hides the other runs), and every cell is safe to print (escape sequences and control
+    characters shown as their escapes, megabyte strings cut)."""
     try:
-        report = RunResult.from_json(json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError, AttributeError) as exc:  # one bad file must not hide the other runs
-        return {
-            "run": _relative(run_dir, root),
-            "status": "unreadable",
-            "age": "",
-            "method": "",
-            "result": str(exc)[:80],
-            "next": "",
-        }
+        row = _describe(path, root, now)
+    except UNREADABLE as exc:  # one bad file must not hide the other runs
+        row = {"run": _relative(path.parent, root), "status": "unreadable", "result": str(exc)}
+    return {column: printable(row.get(column, ""), CELL_CHARS.get(column, 80)) for column in COLUMNS}
+
+
+COLUMNS = ("run", "status", "age", "method", "result", "next")
+CELL_CHARS = {"run": 160, "result": 200, "next": 400}  # the longest cell shown; others 80
+REPORT_MAX_BYTES = 64 * 2**20  # runner's reports are kilobytes
+# What a report.json that is not runner's (damaged, hand-edited, hostile) raises while read.
+UNREADABLE = (OSError, ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError, RecursionError)
+
+
+def _describe(path: Path, root: Path, now: dt.datetime) -> dict:
+    """The row of a report.json; raises when the file's content is not what runner writes."""
+    run_dir = path.parent
+    if path.stat().st_size > REPORT_MAX_BYTES:
+        raise ValueError(f"{path.stat().st_size:,} bytes, far more than a report runner writes")
+    report = RunResult.from_json(json.loads(path.read_text()))
     status = report.status
     if status in ACTIVE and not _alive(report):
         status = "stopped"  # killed or machine lost: its report could not say so
     started = _parse_time(report.started_at)
     result = "; ".join(_task_result(name, task) for name, task in report.tasks.items() if task.test)
     nxt = ""
-    if status in RESUMABLE and (run_dir / "checkpoints" / "last.ckpt").is_file():
-        folder = run_dir.parent.parent if report.variant else run_dir
-        nxt = f"runner run {report.spec_path or 'SPEC'} --resume {folder}"
+    folder = run_dir.parent.parent if report.variant else run_dir
+    if status in RESUMABLE and (folder / "spec.yaml").is_file():
+        # The folder's own spec.yaml holds every override the run started with (and a run
+        # stopped before its first checkpoint trains from the start in the same folder).
+        nxt = rerun_command(folder, "--resume", folder)
     elif status in RESUMABLE:
-        nxt = "no checkpoint yet: run it again"
+        nxt = "no spec.yaml in its folder: run it again"
     return {
         "run": _relative(run_dir, root),
         "status": status,
@@ -68,7 +83,7 @@ def runs_table(root: Path) -> str:
         return f"No runs under {root} (no report.json found)."
     now = dt.datetime.now(dt.timezone.utc)
     rows = [describe(p, root, now) for p in reports]
-    columns = ["run", "status", "age", "method", "result", "next"]
+    columns = COLUMNS
     widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in columns}
     lines = ["  ".join(c.ljust(widths[c]) for c in columns).rstrip()]
     lines += ["  ".join(r[c].ljust(widths[c]) for c in columns).rstrip() for r in rows]

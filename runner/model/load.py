@@ -14,10 +14,13 @@ from runner.model.sources import DEFAULT_MODEL, RANDOM_TINY
 from runner.model.tiny import byte_tokenizer, random_tiny, random_tiny_config
 
 
-def load_model(source: str, seed: int = 0) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
-    """Resolve `model.source` to a plain float32 causal LM and its tokenizer."""
+def load_model(
+    source: str, seed: int = 0, tokenizer_source: str | None = None
+) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+    """Resolve `model.source` to a plain float32 causal LM and its tokenizer (`tokenizer_source`:
+    model.tokenizer; random-tiny is then sized to that tokenizer)."""
     if source == RANDOM_TINY:
-        model, tokenizer = random_tiny(seed)
+        model, tokenizer = random_tiny(seed, load_tokenizer(tokenizer_source) if tokenizer_source else None)
     elif source == DEFAULT_MODEL:
         model, tokenizer = _load_folder(converted_gguf(smollm2_gguf_path()))
     elif source.endswith(".gguf"):

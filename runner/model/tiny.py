@@ -12,12 +12,16 @@ CHATML_TEMPLATE = (
 )
 
 
-def random_tiny(seed: int = 0) -> tuple[LlamaForCausalLM, PreTrainedTokenizerBase]:
-    """A 2-layer Llama (SmolLM2's architecture) with random weights and a byte-level tokenizer.
+def random_tiny(
+    seed: int = 0, tokenizer: PreTrainedTokenizerBase | None = None
+) -> tuple[LlamaForCausalLM, PreTrainedTokenizerBase]:
+    """A 2-layer Llama (SmolLM2's architecture) with random weights, sized to `tokenizer` (default:
+    a byte-level one built in memory).
 
-    Needs no download and no package: for tests and smoke runs. It learns nothing useful.
+    Needs no download and no package with the byte tokenizer: for tests. With a real model's
+    tokenizer, rows are as long as that model sees them: for smoke runs. It learns nothing useful.
     """
-    tokenizer = byte_tokenizer()
+    tokenizer = tokenizer if tokenizer is not None else byte_tokenizer()
     config = random_tiny_config(tokenizer)
     with torch.random.fork_rng():
         torch.manual_seed(seed)

@@ -14,7 +14,7 @@ from runner.errors import Interrupted, RunnerError
 from runner.evaluation.scoring import describe_data
 from runner.inputs import Inputs
 from runner.results import RunResult
-from runner.rundir.folder import input_fingerprints, write_run_header
+from runner.rundir.folder import input_fingerprints, rerun_command, write_run_header
 from runner.rundir.report_files import finish, start_report, write_report
 from runner.spec.types import Spec
 from runner.training.callbacks import STOP
@@ -72,4 +72,4 @@ def resume_command(spec: Spec, run_dir: Path) -> str:
     """The command that continues this run, printed when it stops early."""
     # A run of an experiment continues with its experiment (variants/<run>/ -> the parent).
     folder = run_dir.parent.parent if spec.run is not None else run_dir
-    return f"runner run {spec.source_path or 'SPEC'} --resume {folder}"
+    return rerun_command(folder, "--resume", folder)

@@ -63,7 +63,11 @@ def build_spec(filled: dict, base_dir: Path, source_path: Path | None) -> Spec:
         "replay": _replay(filled["replay"], base_dir),
         "training": training,
         "output_dir": (base_dir / filled["output_dir"]).resolve(),
-        "model": {**filled["model"], "source": model_source(filled["model"]["source"], base_dir)},
+        "model": {
+            **filled["model"],
+            "source": model_source(filled["model"]["source"], base_dir),
+            "tokenizer": model_source(filled["model"]["tokenizer"], base_dir) if filled["model"]["tokenizer"] else None,
+        },
         "source_path": source_path,
         "written": written,
     }

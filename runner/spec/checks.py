@@ -52,7 +52,7 @@ def semantic_problems(spec: dict, base_dir: Path) -> list[str]:
     for i, probe in enumerate(spec["evaluation"]["forgetting"]):
         if isinstance(probe, dict):
             problems += probe_problems(probe, base_dir, f"$.evaluation.forgetting[{i}]")
-    problems += _model_source_problems(spec["model"]["source"], base_dir)
+    problems += _model_problems(spec["model"], base_dir)
     if str(spec["trainer"]["strategy"]).startswith("deepspeed"):
         problems.append(
             f"$.trainer.strategy: {spec['trainer']['strategy']!r} is not supported: DeepSpeed saves checkpoints as "
@@ -96,6 +96,15 @@ def _name_problems(spec: dict) -> list[str]:
     max_time = spec["training"].get("max_time")
     if isinstance(max_time, str) and max_time_seconds(max_time.strip()) > 366 * 86400:
         problems.append(f'$.training.max_time: got {max_time!r}, expected at most a year ("365:00:00:00").')
+    return problems
+
+
+def _model_problems(model: dict, base_dir: Path) -> list[str]:
+    """model.source, and model.tokenizer when given, in the forms a source may take."""
+    problems = _model_source_problems(model["source"], base_dir)
+    if model.get("tokenizer") is not None:
+        tokenizer = _model_source_problems(model["tokenizer"], base_dir)
+        problems += [p.replace("$.model.source", "$.model.tokenizer") for p in tokenizer]
     return problems
 
 

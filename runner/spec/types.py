@@ -12,11 +12,20 @@ from typing import Any
 
 from runner.limits import Limits
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # runner/, installed or in the repo
+PROJECT_ROOT = PACKAGE_DIR.parent  # the repo, when runner runs from its source tree
 
 
-SCHEMA_PATH = PROJECT_ROOT / "schemas" / "experiment.schema.json"
-TEMPLATE_DIR = PROJECT_ROOT / "templates"
+def bundled(folder: str) -> Path:
+    """The repo's schemas/ or templates/: a built runner carries a copy inside its package (setup.py
+    copies them into the wheel); a source tree or an editable install reads the repo's own."""
+    inside = PACKAGE_DIR / folder
+    return inside if inside.is_dir() else PROJECT_ROOT / folder
+
+
+SCHEMA_PATH = bundled("schemas") / "experiment.schema.json"
+REPORT_SCHEMA_PATH = bundled("schemas") / "report.schema.json"
+TEMPLATE_DIR = bundled("templates")
 
 
 DATA_EXTENSIONS = {
@@ -29,7 +38,7 @@ DATA_EXTENSIONS = {
 }
 
 
-SUITES_DIR = PROJECT_ROOT / "runner" / "suites"
+SUITES_DIR = PACKAGE_DIR / "suites"  # package data (pyproject.toml)
 
 
 BUILTIN_REPLAY = ("general",)  # runner/suites/replay/<name>.jsonl, rendered by <name>.jinja
@@ -41,6 +50,7 @@ class ModelSpec:
     max_length: int
     chat_template: bool
     truncation: str = "fields"
+    tokenizer: str | None = None  # the tokenizer's source when not model.source's
 
 
 @dataclass(frozen=True)
@@ -179,6 +189,7 @@ class EvaluationSpec:
     bootstrap_samples: int
     cache: bool
     forgetting: tuple[ProbeSpec, ...]
+    test_rows: int | None = None  # score only this many test rows per task
 
 
 @dataclass(frozen=True)
@@ -263,6 +274,7 @@ class Spec:
     # The spec as the user would write it, defaults filled and paths absolute: what a run
     # folder's spec.yaml and `runner validate` show, and what re-runs this run (see written_spec).
     written: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+    smoke: tuple[str, ...] = ()  # a smoke run (runner run --smoke): what it leaves out
     # An experiment's runs (variants x seeds, curve points), each a whole spec with `run` set;
     # empty for a single run.
     runs: tuple[Spec, ...] = dataclasses.field(default=(), compare=False, repr=False)

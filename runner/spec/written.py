@@ -19,6 +19,8 @@ def written_dict(filled: dict, base_dir: Path) -> dict:
     out.pop("$schema", None)
     out["output_dir"] = str((base_dir / filled["output_dir"]).resolve())
     out["model"]["source"] = model_source(filled["model"]["source"], base_dir)
+    if out["model"].get("tokenizer"):
+        out["model"]["tokenizer"] = model_source(out["model"]["tokenizer"], base_dir)
     out["primary_task"] = filled["primary_task"] or filled["tasks"][0]["name"]
     kind = filled["method"]["kind"]
     out["method"] = {"kind": kind, **({kind: out["method"][kind]} if kind in out["method"] else {})}
@@ -88,7 +90,9 @@ def to_jsonable(spec: Spec) -> dict:
     def plain(v):
         if dataclasses.is_dataclass(v):
             return {
-                f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v) if f.name not in ("written", "runs")
+                f.name: plain(getattr(v, f.name))
+                for f in dataclasses.fields(v)
+                if f.name not in ("written", "runs", "smoke")
             }
         if isinstance(v, (tuple, list)):
             return [plain(x) for x in v]

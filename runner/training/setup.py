@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import logging
 import math
+import os
 import warnings
 from pathlib import Path
 
@@ -27,7 +28,10 @@ from runner.training.trainer import load_weights
 
 
 def quiet_libraries() -> None:
-    """Keep the terminal for runner's own output and Lightning's progress bar."""
+    """Keep the terminal for runner's own output and Lightning's progress bar; `runner -v`
+    (RUNNER_VERBOSE) leaves the libraries as they are, `runner -q` (RUNNER_QUIET) only their errors."""
+    if os.environ.get("RUNNER_VERBOSE"):
+        return
     import transformers
 
     transformers.logging.set_verbosity_error()
@@ -43,12 +47,13 @@ def quiet_libraries() -> None:
         ".*your dataloader is not resumable.*",
     ):
         warnings.filterwarnings("ignore", message=pattern)
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    quiet = logging.ERROR if os.environ.get("RUNNER_QUIET") else logging.WARNING
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(quiet)
 
 
 def prepared_model(spec: Spec) -> tuple[torch.nn.Module, object]:
     """The model as a run trains and scores it, and its tokenizer."""
-    return load_model(spec.model.source, spec.seed)
+    return load_model(spec.model.source, spec.seed, spec.model.tokenizer)
 
 
 def make_datamodule(inputs: Inputs, spec: Spec) -> FineTuneData:
@@ -104,22 +109,28 @@ def score_val_split(evaluator: Evaluator, val: TaskData, model: torch.nn.Module,
 
 def load_checkpoint_model(model: torch.nn.Module, tokenizer, spec: Spec, checkpoint: Path) -> torch.nn.Module:
     """A run's `.ckpt` (tensors only, weights_only=True) or its exported `model/` folder."""
-    if checkpoint.is_dir():
-        if (checkpoint / "adapter_config.json").is_file():
+    import pickle
+
+    from runner.terminal import printable
+
+    if not checkpoint.exists() or (checkpoint.suffix != ".ckpt" and not checkpoint.is_dir()):
+        raise RunnerError(f"--checkpoint {checkpoint}: expected a run's checkpoints/*.ckpt file or its model/ folder.")
+    try:
+        if checkpoint.is_dir() and (checkpoint / "adapter_config.json").is_file():
             from peft import PeftModel
 
             return PeftModel.from_pretrained(model, checkpoint)
-        tuned, _ = load_model(str(checkpoint))
-        return tuned
-    if checkpoint.suffix != ".ckpt" or not checkpoint.is_file():
-        raise RunnerError(f"--checkpoint {checkpoint}: expected a run's checkpoints/*.ckpt file or its model/ folder.")
-    module = FineTuner(
-        apply_method(model, spec.method, tokenizer), spec.training, [t.name for t in spec.tasks], save_frozen=True
-    )
-    try:
+        if checkpoint.is_dir():
+            return load_model(str(checkpoint))[0]
+        module = FineTuner(
+            apply_method(model, spec.method, tokenizer), spec.training, [t.name for t in spec.tasks], save_frozen=True
+        )
         load_weights(module, checkpoint)
-    except (RuntimeError, KeyError) as exc:
-        raise RunnerError(f"--checkpoint {checkpoint} does not fit this spec's model and method: {exc}") from None
+    except (RuntimeError, KeyError, TypeError, ValueError, pickle.UnpicklingError) as exc:
+        if isinstance(exc, torch.OutOfMemoryError):
+            raise
+        reason = printable(" ".join(str(exc).split()), 300)
+        raise RunnerError(f"--checkpoint {checkpoint} does not fit this spec's model and method: {reason}") from None
     return module.model
 
 
@@ -132,13 +143,13 @@ def step_counts(spec: Spec, batches_per_epoch: int) -> tuple[int, int, int]:
     return batches_per_epoch, steps_per_epoch, steps
 
 
-def run_header(spec: Spec, batches_per_epoch: int, trainable: int, total: int) -> str:
+def run_header(spec: Spec, batches_per_epoch: int, trainable: int, total: int, run_dir: Path) -> str:
     """The plan's first line, printed by `runner run` before training (no timed steps)."""
     _, per_epoch, steps = step_counts(spec, batches_per_epoch)
     return (
         f"Training: {steps} optimizer steps at most ({per_epoch} per epoch, {spec.training.epochs} epochs), "
         f"{trainable:,} trainable of {total:,} parameters, {run_precision(spec)}. "
-        f"Time and memory estimate: runner plan {spec.source_path or 'SPEC'}"
+        f"Time and memory estimate: runner plan {run_dir / 'spec.yaml'}"
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 import signal
 import sys
 import time
@@ -101,8 +102,10 @@ def build_trainer(
         auto_insert_metric_name=False,
     )
     # Rich draws a live bar on a terminal; in a log file (CI, nohup) tqdm's plain lines read better.
+    # `runner -q` (RUNNER_QUIET): no bar at all, only errors and the results.
+    quiet = bool(os.environ.get("RUNNER_QUIET"))
     progress = RichProgressBar() if sys.stdout.isatty() else TQDMProgressBar(refresh_rate=10)
-    callbacks = [checkpoint, LearningRateMonitor(logging_interval="step"), progress, StepTimer()]
+    callbacks = [checkpoint, LearningRateMonitor(logging_interval="step"), StepTimer(), *([] if quiet else [progress])]
     every = spec.checkpointing
     callbacks.append(LastCheckpoint(run_dir / "checkpoints" / "last.ckpt", every.every_n_steps, every.every_n_minutes))
     early = None
@@ -135,6 +138,7 @@ def build_trainer(
         log_every_n_steps=spec.trainer.log_every_n_steps,
         logger=TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False),
         callbacks=callbacks,
+        enable_progress_bar=not quiet,
         default_root_dir=str(run_dir),
         enable_model_summary=False,
         # Training rows are sharded by runner's own sampler (see FineTuneData.train_dataloader);
@@ -200,19 +204,25 @@ def is_timeout(exc: BaseException) -> bool:
 
 def collective_timeout_error(spec: Spec, trainer: L.Trainer, run_dir: Path) -> RunnerError:
     """What a hang became: where, the likely causes, and how to continue."""
-    source = spec.source_path or "SPEC"
     return RunnerError(
         f"training stopped: rank {trainer.global_rank} waited more than trainer.collective_timeout "
         f"({spec.trainer.collective_timeout:g} min) for the other ranks at step {trainer.global_step} (epoch "
         f"{trainer.current_epoch}). Likely another rank died, hung or ran out of memory (see its log), or the "
         "ranks run different code or data. checkpoints/last.ckpt is the last saved state; continue with: "
-        f"runner run {source} --resume {run_dir}"
+        f"runner run {run_dir / 'spec.yaml'} --resume {run_dir}"
     )
 
 
 def load_weights(module: FineTuner, checkpoint: Path) -> None:
-    """Load a checkpoint's weights into the module (tensors only: no pickled code runs)."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    """Load a checkpoint's weights into the module (tensors only: no pickled code runs).
+
+    Raises:
+        RuntimeError: not a checkpoint runner wrote, or one of another model.
+    """
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = state.get("state_dict") if isinstance(state, dict) else None
+    if not isinstance(state, dict):
+        raise RuntimeError(f"checkpoint {checkpoint} holds no state_dict; it was not written by runner")
     missing, unexpected = module.load_state_dict(state, strict=False)
     trainable = {f"model.{n}" for n, p in module.model.named_parameters() if p.requires_grad}
     if unexpected or trainable & set(missing):

@@ -85,17 +85,25 @@ def ladder_chart(task_name: str, tests: dict[str, RungResult], metric: str) -> F
     return fig
 
 
+MAX_INCHES = 14.0  # the confusion heatmap's largest side
+MAX_ANNOTATED = 20  # labels up to which each cell shows its count
+
+
 def confusion_heatmap(task_name: str, confusion: dict) -> Figure:
     """The fine-tuned model's confusion matrix (gold rows, predicted columns) with counts in the cells."""
     labels, matrix = confusion["labels"], confusion["matrix"]
-    fig, ax = plt.subplots(figsize=(1.1 * len(labels) + 2.2, 1.0 * len(labels) + 1.6))
+    n = len(labels)
+    # Bounded by the page, not the label count: 77 labels once drew an 87-inch figure with 5,929
+    # numbers for a minute and a half. Past MAX_ANNOTATED labels the colours carry the counts.
+    fig, ax = plt.subplots(figsize=(min(1.1 * n + 2.2, MAX_INCHES), min(1.0 * n + 1.6, MAX_INCHES)))
     image = ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
-    ax.set_yticks(range(len(labels)), labels)
+    ticks = {} if n <= MAX_ANNOTATED else {"fontsize": max(3, 240 // n)}
+    ax.set_xticks(range(n), labels, rotation=30 if n <= MAX_ANNOTATED else 90, ha="right", **ticks)
+    ax.set_yticks(range(n), labels, **ticks)
     ax.set_xlabel("predicted")
     ax.set_ylabel("gold")
     top = max((max(row) for row in matrix), default=0)
-    for i, row in enumerate(matrix):
+    for i, row in enumerate(matrix if n <= MAX_ANNOTATED else []):
         for j, value in enumerate(row):
             ax.text(j, i, str(value), ha="center", va="center", color="white" if value > top / 2 else "black")
     ax.set_title(f"{task_name}: confusion (fine-tuned)")

@@ -2,8 +2,9 @@
 in about a minute, by changing only what makes a run long.
 
 The model becomes random-tiny sized to the spec model's own tokenizer (so every row is as long as
-the real model sees it, and max_length fits as it will), training stops after a few steps, each
-test split is cut to its first rows, and few-shot scoring and the forgetting probes are left out.
+the real model sees it, and max_length fits as it will), each data file is sampled, training stops
+after a few steps, each test split is cut to its first rows, and few-shot scoring and the
+forgetting probes are left out.
 The run gets its own name (`<name>-smoke`), so it is never taken for a real one.
 """
 
@@ -17,6 +18,7 @@ from runner.spec.types import schema
 SMOKE_STEPS = 4  # optimizer steps: enough to pass through fit, checkpoints and the best-model reload
 SMOKE_TEST_ROWS = 40  # test rows scored per task: every rung and the report's tables, quickly
 SMOKE_RUNS = 2  # an experiment's runs: two carry it through the comparison
+SMOKE_ROWS = 600  # rows sampled from each data file: enough for every label, quick to split, check and fit
 SMOKE_BLOCKS = 2  # the tiny model's blocks: method.freeze trains at most these
 
 
@@ -39,6 +41,12 @@ def smoke_spec(raw: dict) -> tuple[dict, tuple[str, ...]]:
         for key in ("training.max_steps", "training.epochs"):
             variant.get("set", {}).pop(key, None)
     _fit_freeze(raw, skipped)
+    # One value for every task: tasks sharing a source must sample it alike.
+    tasks = raw["tasks"] + [t for v in raw.get("variants", []) for t in v.get("add_tasks", [])]
+    rows = min([SMOKE_ROWS, *(t["max_rows"] for t in tasks if t.get("max_rows"))])
+    for task in tasks:
+        task["max_rows"] = rows
+    skipped.append(f"rows past a seeded sample of {rows} from each data file")
     evaluation = raw.setdefault("evaluation", {})
     baselines = evaluation.get("baselines", defaults["evaluation"]["properties"]["baselines"]["default"])
     if "base_few_shot" in baselines:

@@ -66,19 +66,28 @@ def check_command(argv: list[str]) -> None:
         load_spec(spec, getattr(args, "overrides", []), smoke=getattr(args, "smoke", False))
 
 
-def test_every_readme_command_parses_and_its_spec_loads(tmp_path: Path) -> None:
+def test_every_readme_command_parses_and_its_spec_loads(tmp_path: Path, capsys) -> None:
     commands = readme_commands()
     assert len(commands) > 15 and any("--smoke" in c for c in commands)
-    failures = []
+    failures, specs = [], {}
     for command in commands:
+        argv = substituted(command, tmp_path)
+        args = build_parser().parse_args(argv) if argv and argv[0] in ("run", "plan", "validate", "preview") else None
+        if args is not None and Path(args.spec).is_file() and not any(o.startswith("trainer.") for o in args.overrides):
+            # `runner validate` on what the command runs (a launcher's multi-device settings need its machine)
+            specs[(str(args.spec), tuple(args.overrides))] = command
         try:
-            check_command(substituted(command, tmp_path))
+            check_command(argv)
         except SystemExit as exc:  # argparse exits: 0 for --version, 2 for a bad command line
             if exc.code != 0:
                 failures.append(f"{command}: exit {exc.code}")
         except Exception as exc:  # a spec problem
             failures.append(f"{command}: {type(exc).__name__} {exc}")
     assert failures == []
+    assert len(specs) >= 5
+    for (spec, overrides), command in specs.items():
+        code = main(["validate", spec, *[f for o in overrides for f in ("--set", o)]])
+        assert code == 0, f"{command}: runner validate exit {code}: {capsys.readouterr().err[-1500:]}"
 
 
 def printed_commands(text: str) -> list[list[str]]:

@@ -15,6 +15,7 @@ import traceback
 from pathlib import Path
 
 from runner.errors import Interrupted, RunFolderError, RunnerError
+from runner.terminal import printable
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -269,7 +270,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             indices=args.run_index,
             reclaim=args.reclaim,
         )
-        print(experiment_summary(parent, shared=args.run_dir is not None))
+        print(printable(experiment_summary(parent, shared=args.run_dir is not None), limit=None, newlines=True))
         return 0
     if args.only or args.run_index or args.reclaim:
         raise RunnerError(
@@ -324,7 +325,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from runner.flows.compare import compare
 
     md_path, html_path, markdown = compare(args.run_dirs, args.output)
-    print(markdown)
+    print(printable(markdown, limit=None, newlines=True))  # run names and task names come from files
     print(f"Written: {md_path} and {html_path}")
     return 0
 
@@ -375,7 +376,7 @@ def print_summary(run_dir: Path) -> None:
     if report_path.is_file():
         report = RunResult.from_json(json.loads(report_path.read_text()))
         print()
-        print(summary_table(report))
+        print(printable(summary_table(report), limit=None, newlines=True))
         print(f"\nReport: {run_dir / 'report.html'} (and report.md)")
         print(f"TensorBoard: tensorboard --logdir {run_dir.parent}")
 

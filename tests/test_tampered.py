@@ -591,3 +591,26 @@ def test_printable_escapes_what_a_terminal_would_obey() -> None:
     assert printable("line\nnext") == "line\\nnext" and printable("line\nnext", newlines=True) == "line\nnext"
     assert printable("é ü 中文 🙂") == "é ü 中文 🙂"
     assert printable("x" * 1000, 10) == "x" * 10 + "… (990 more characters)"
+
+
+def test_compare_prints_a_crafted_reports_text_escaped(tmp_path, capsys):
+    """`runner compare` prints text that came from run folders: escape sequences are shown, not obeyed."""
+    import json
+
+    from runner.cli import main
+
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        report = {
+            "name": f"run\x1b]0;pwned\x07{name}",
+            "status": "complete",
+            "primary_task": "t",
+            "tasks": {
+                "t\x1b[2J": {"kind": "classification", "data": {}, "test": {"fine_tuned": {"accuracy": 0.5, "n": 4}}}
+            },
+        }
+        (folder / "report.json").write_text(json.dumps(report))
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--output", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\\x1b" in out

@@ -35,14 +35,14 @@ def read_reports(run_dirs: list[Path]) -> list[RunResult]:
 
 def comparison(reports: list[RunResult], run_dirs: list[Path]) -> list[tuple]:
     """Blocks (see report.document) with one column per run."""
-    columns = [f"{r.name} ({Path(d).name}, {r.model['method']})" for r, d in zip(reports, run_dirs)]
+    columns = [f"{r.name} ({Path(d).name}, {r.model.get('method', '?')})" for r, d in zip(reports, run_dirs)]
     blocks: list[tuple] = [("h1", "Run comparison")]
     blocks.append(
         (
             "table",
             ["run", "status", "model", "method", "folder"],
             [
-                [c, r.status, r.model["source"], r.model["method"], str(d)]
+                [c, r.status, r.model.get("source", "?"), r.model.get("method", "?"), str(d)]
                 for c, r, d in zip(columns, reports, run_dirs)
             ],
         )

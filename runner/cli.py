@@ -70,18 +70,11 @@ def verbosity(quiet: bool, verbose: bool):
 
 
 def runner_version() -> str:
-    """`runner --version`: the installed distribution's; in a source tree without one, pyproject.toml's."""
-    import importlib.metadata
-    import re
+    """`runner --version`: runner.__version__, the one place the version is written (pyproject.toml
+    reads it too), so a source tree and an installed wheel say the same."""
+    from runner import __version__
 
-    try:
-        return importlib.metadata.version("runner")
-    except importlib.metadata.PackageNotFoundError:
-        from runner import __version__
-
-        pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
-        found = pyproject.is_file() and re.search(r'^version = "([^"]+)"', pyproject.read_text(), re.M)
-        return found.group(1) if found else __version__
+    return __version__
 
 
 def build_parser() -> argparse.ArgumentParser:

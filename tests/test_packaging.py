@@ -22,7 +22,9 @@ BUILD_INPUTS = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "LICEN
 
 
 def pyproject_version() -> str:
-    return re.search(r'^version = "([^"]+)"', (PROJECT / "pyproject.toml").read_text(), re.M).group(1)
+    """The version as written once, in runner/__init__.py (pyproject.toml reads it from there)."""
+    text = (PROJECT / "runner" / "__init__.py").read_text()
+    return re.search(r'^__version__ = "([^"]+)"', text, re.M).group(1)
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +87,7 @@ def test_installed_runner_finds_its_files_inside_the_package(wheel, tmp_path):
 
 
 def test_version_prints_the_project_version():
+    assert 'attr = "runner.__version__"' in (PROJECT / "pyproject.toml").read_text()
     proc = subprocess.run([sys.executable, "-m", "runner", "--version"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout == f"runner {pyproject_version()}\n"
     assert cli.runner_version() == pyproject_version()

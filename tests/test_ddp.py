@@ -166,6 +166,7 @@ def test_a_rank_that_never_arrives_fails_the_run_within_the_timeout(workdir: Pat
         proc = subprocess.Popen(
             [sys.executable, "-m", "runner", "run", str(spec)], cwd=workdir, stdout=out, stderr=out, env=clean_env()
         )
+    rank1 = None
     try:
         deadline = time.monotonic() + 180
         while not list((workdir / "runs" / "hang").glob("*/checkpoints/last.ckpt")):  # training is under way
@@ -177,7 +178,9 @@ def test_a_rank_that_never_arrives_fails_the_run_within_the_timeout(workdir: Pat
         proc.wait(timeout=120)
         waited = time.monotonic() - stopped_at
     finally:
-        for pid in children(proc.pid) + [proc.pid]:
+        # Rank 1 is no longer rank 0's child once rank 0 exits: killed by its own pid, or the
+        # stopped process would outlive the test holding half a gigabyte.
+        for pid in children(proc.pid) + [proc.pid] + ([rank1] if rank1 is not None else []):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:

@@ -9,8 +9,8 @@ from runner.errors import DataError
 from runner.report.comparison import is_experiment
 from runner.report.comparison import write_comparison as write_experiment_comparison
 from runner.report.html import to_html, to_markdown
-from runner.report.task_blocks import RUNG_TITLES, RUNGS
-from runner.results import RungResult, RunResult
+from runner.report.task_blocks import RUNG_TITLES, RUNGS, with_ci
+from runner.results import RunResult
 
 
 def read_reports(run_dirs: list[Path]) -> list[RunResult]:
@@ -70,7 +70,7 @@ def _task_rows(reports: list[RunResult], name: str) -> list[list[str]]:
     rows = []
     for rung in RUNGS:
         for metric in dict.fromkeys(metrics):
-            cells = [_metric(test[rung], metric) if rung in test else "—" for test in tests]
+            cells = [with_ci(test[rung], metric, ci_digits=2) if rung in test else "—" for test in tests]
             if any(c != "—" for c in cells):
                 rows.append([f"{RUNG_TITLES[rung]}: {metric}", *cells])
     return rows
@@ -116,15 +116,6 @@ def write_comparison(run_dirs: list[Path], output: Path) -> tuple[Path, Path, st
     md_path.write_text(markdown)
     html_path.write_text(to_html(blocks, {}, "Run comparison"))
     return md_path, html_path, markdown
-
-
-def _metric(rung: RungResult, key: str) -> str:
-    """A rung's metric with its 95% interval; "—" when the rung has no such metric."""
-    value = rung.value(key)
-    if value is None:
-        return "—"
-    ci = rung.ci95.get(key)
-    return f"{value:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
 
 
 def _cost(report: RunResult, key: str, fmt: str) -> str:

@@ -108,13 +108,14 @@ def rung_title(rung: str, m: RungResult) -> str:
     return title
 
 
-def with_ci(m: RungResult, metric: str) -> str:
-    """A metric with its 95% interval when the bootstrap gave one; a dash when the rung lacks it."""
+def with_ci(m: RungResult, metric: str, ci_digits: int = 3) -> str:
+    """A metric with its 95% interval when the bootstrap gave one; a dash when the rung lacks it
+    (`ci_digits`: the interval's decimals; `runner compare`'s narrower columns use 2)."""
     value = m.value(metric)
     if value is None:
         return "—"
     ci = m.ci95.get(metric)
-    return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+    return f"{value:.3f}" + (f" [{ci[0]:.{ci_digits}f}, {ci[1]:.{ci_digits}f}]" if ci else "")
 
 
 def fine_tuned_blocks(name: str, tests: dict[str, RungResult], images: dict[str, str]) -> list[tuple]:

@@ -103,12 +103,11 @@ def _model_problems(model: dict, base_dir: Path) -> list[str]:
     """model.source, and model.tokenizer when given, in the forms a source may take."""
     problems = _model_source_problems(model["source"], base_dir)
     if model.get("tokenizer") is not None:
-        tokenizer = _model_source_problems(model["tokenizer"], base_dir)
-        problems += [p.replace("$.model.source", "$.model.tokenizer") for p in tokenizer]
+        problems += _model_source_problems(model["tokenizer"], base_dir, "$.model.tokenizer")
     return problems
 
 
-def _model_source_problems(source: str, base_dir: Path) -> list[str]:
+def _model_source_problems(source: str, base_dir: Path, where: str = "$.model.source") -> list[str]:
     """A source written as a path (./, ../, /, ~, or a .gguf file) must exist; anything else not
     found as a folder is taken as a hub id, checked when the model loads."""
     if source in (DEFAULT_MODEL, RANDOM_TINY):
@@ -117,15 +116,13 @@ def _model_source_problems(source: str, base_dir: Path) -> list[str]:
     looks_like_path = source.startswith((".", "/", "~")) or source.endswith(".gguf")
     kinds = f"'{DEFAULT_MODEL}', '{RANDOM_TINY}', a Hugging Face model folder, a .gguf file or a hub id"
     if source.endswith(".gguf"):
-        return (
-            [] if path.is_file() else [f"$.model.source: file {source!r} not found (looked at {path}); give {kinds}."]
-        )
+        return [] if path.is_file() else [f"{where}: file {source!r} not found (looked at {path}); give {kinds}."]
     if path.is_dir():
         if not (path / "config.json").is_file():
-            return [f"$.model.source: folder {source!r} holds no config.json; expected a Hugging Face model folder."]
+            return [f"{where}: folder {source!r} holds no config.json; expected a Hugging Face model folder."]
         return []
     if looks_like_path:
-        return [f"$.model.source: folder {source!r} not found (looked at {path}); give {kinds}."]
+        return [f"{where}: folder {source!r} not found (looked at {path}); give {kinds}."]
     return []
 
 

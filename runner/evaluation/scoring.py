@@ -15,6 +15,7 @@ import torch
 from runner.data import checks
 from runner.data.encode import Encoder
 from runner.data.examples import TaskData
+from runner.data.split import sample_indices
 from runner.data.truncation import Fitter
 from runner.evaluation import cache
 from runner.evaluation.evaluator import Evaluator
@@ -54,14 +55,15 @@ class Scoring:
     shared_hits: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        # evaluation.test_rows: every rung scores the same first rows of each test split (the
-        # split is already a seeded shuffle), so the paired comparisons still pair.
+        # evaluation.test_rows: every rung scores the same seeded sample of each test split,
+        # stratified by label (a split file used whole is often sorted by label: its first rows
+        # would be a few labels), so the paired comparisons still pair.
         cap = self.spec.evaluation.test_rows
         if cap is not None and any(len(t.test) > cap for t in self.tasks):
             if self.result is not None:
                 scored = ", ".join(f"{t.task.name} {min(cap, len(t.test))} of {len(t.test)}" for t in self.tasks)
-                self.result.notes.append(f"Only the first test rows were scored (evaluation.test_rows): {scored}.")
-            self.tasks = [dataclasses.replace(t, test=t.test[:cap]) for t in self.tasks]
+                self.result.notes.append(f"Only a sample of test rows was scored (evaluation.test_rows): {scored}.")
+            self.tasks = [dataclasses.replace(t, test=test_sample(t, cap, self.spec.seed)) for t in self.tasks]
 
     def cache_folders(self) -> list[Path]:
         """Where base scores are looked up and stored: the experiment's folder, then the cache."""
@@ -294,6 +296,12 @@ def summarize(scoring: Scoring) -> None:
         result.forgetting_summary = forgetting_sentence(forgetting)
     elif scoring.probes_before:  # base-only evaluation: the 'before' numbers alone
         result.probes_base = {name: before for name, (before, _) in scoring.probes_before.items()}
+
+
+def test_sample(data: TaskData, rows: int, seed: int) -> list:
+    """A seeded sample of `rows` test rows, stratified by label for classification, in split order."""
+    labels = [e.label for e in data.test] if data.task.is_classification else None
+    return [data.test[i] for i in sample_indices(len(data.test), rows, seed, labels)]
 
 
 def kind_of(spec: Spec, probe_name: str) -> str:

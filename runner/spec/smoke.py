@@ -3,7 +3,7 @@ in about a minute, by changing only what makes a run long.
 
 The model becomes random-tiny sized to the spec model's own tokenizer (so every row is as long as
 the real model sees it, and max_length fits as it will), each data file is sampled, training stops
-after a few steps, each test split is cut to its first rows, and few-shot scoring and the
+after a few steps, each test split is cut to a seeded sample of its rows, and few-shot scoring and the
 forgetting probes are left out.
 The run gets its own name (`<name>-smoke`), so it is never taken for a real one.
 """
@@ -56,7 +56,7 @@ def smoke_spec(raw: dict) -> tuple[dict, tuple[str, ...]]:
         evaluation["forgetting"] = []
         skipped.append("the forgetting probes")
     evaluation["test_rows"] = min(evaluation.get("test_rows") or SMOKE_TEST_ROWS, SMOKE_TEST_ROWS)
-    skipped.append(f"test rows past the first {evaluation['test_rows']} of each task")
+    skipped.append(f"test rows beyond a seeded sample of {evaluation['test_rows']} per task")
     raw["name"] = f"{raw['name']}-smoke"
     return raw, tuple(skipped)
 

@@ -36,7 +36,16 @@ def to_json(value: Any) -> Any:
         return {k: to_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [to_json(v) for v in value]
+    if isinstance(value, float):
+        return rounded(value)
     return value
+
+
+def rounded(value: float) -> float:
+    """A measurement to six significant digits: every number in report.json is a measurement or
+    an estimate with an interval far wider than that, and a float32 loss otherwise reads
+    0.013000000268220901. Idempotent, so a report read back and written again is unchanged."""
+    return float(f"{value:.6g}")
 
 
 def _known(cls, data: dict) -> dict:
@@ -224,6 +233,17 @@ class Cost:
     tokens_per_second: float | None = None
     train_tokens: int | None = None
     checkpoint_mb: float | None = None
+    # A resumed run: what the stages took before the resume (its own stages are timed afresh, and
+    # base scores reloaded from the run folder take seconds where scoring took minutes).
+    before_resume: dict[str, float] | None = None
+
+    STAGES: ClassVar[tuple[str, ...]] = (
+        "prepare_seconds",
+        "load_model_seconds",
+        "score_base_seconds",
+        "train_seconds",
+        "score_tuned_seconds",
+    )
 
     @classmethod
     def from_json(cls, data: dict) -> Cost:

@@ -81,3 +81,57 @@ def test_a_one_model_probe_keeps_a_null_retention_and_a_two_model_probe_has_one_
         "value": 0.1,
         "tokens": 9,
     }
+
+
+def number_paths(value, prefix: str = "") -> set[str]:
+    """Where a JSON document holds a number: dotted keys, `[]` for any list item."""
+    if isinstance(value, dict):
+        return set().union(set(), *(number_paths(v, f"{prefix}.{k}") for k, v in value.items()))
+    if isinstance(value, list):
+        return set().union(set(), *(number_paths(v, f"{prefix}[]") for v in value))
+    return {prefix} if isinstance(value, (int, float)) and not isinstance(value, bool) else set()
+
+
+# Numbers whose presence depends on what an earlier test left in the session's score cache.
+VOLATILE = ("score_base_cached",)
+GOLDEN = json.loads((Path(__file__).parent / "golden" / "numbers.json").read_text())
+
+
+def missing_numbers(golden: list[str], written: dict) -> list[str]:
+    """The golden paths a written document no longer has a number at."""
+    have = number_paths(written)
+    return [p for p in golden if p not in have and not any(v in p for v in VOLATILE)]
+
+
+def test_report_json_still_carries_every_number_it_carried(finished: dict) -> None:
+    # tests/golden/numbers.json: every number report.json and comparison.json held before the
+    # report was reworked for people (the same specs, the code of c4a1f7e); rounding is allowed,
+    # losing a number is not.
+    assert missing_numbers(GOLDEN["report"], finished) == []
+    floats = [v for v in _numbers(finished) if isinstance(v, float)]
+    assert floats and all(v == float(f"{v:.6g}") for v in floats)  # measurements rounded, not 0.013000000268…
+
+
+def _numbers(value):
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _numbers(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _numbers(v)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield value
+
+
+def test_comparison_json_still_carries_every_number_it_carried(tmp_path: Path) -> None:
+    from test_experiment import experiment_spec
+
+    workdir = make_workdir(tmp_path)
+    variants = [{"name": "lora", "description": "LoRA"}, {"name": "lora-r2", "set": {"method.lora.r": 2}}]
+    variants[1]["set"]["training.learning_rate"] = 5e-3
+    spec = experiment_spec(workdir, variants=variants)
+    assert main(["run", str(spec), "--output-dir", str(tmp_path / "out")]) == 0
+    (parent,) = (tmp_path / "out" / "tiny").iterdir()
+    assert missing_numbers(GOLDEN["comparison"], json.loads((parent / "comparison.json").read_text())) == []
+    run_report = json.loads((parent / "variants" / "lora" / "report.json").read_text())
+    assert missing_numbers(GOLDEN["variant_report"], run_report) == []

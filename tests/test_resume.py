@@ -70,6 +70,7 @@ def test_sigint_mid_training_checkpoints_and_resume_covers_every_epoch(workdir):
     assert f"runner run {run_dir / 'spec.yaml'} --resume {run_dir}" in err
     report = loads_strict((run_dir / "report.json").read_text())
     assert report["status"] == "interrupted" and f"--resume {run_dir}" in report["error"]
+    scored_before = report["cost"]["score_base_seconds"]
     assert (run_dir / "report.md").is_file() and (run_dir / "report.html").is_file()
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     from runner.flows.runs import runs_table
@@ -83,8 +84,11 @@ def test_sigint_mid_training_checkpoints_and_resume_covers_every_epoch(workdir):
     assert [e["epoch"] for e in report["training"]["epochs"]] == [0, 1, 2]
     assert all("train_loss" in e and "val_loss" in e for e in report["training"]["epochs"])
     assert report["training"]["resumed_from_step"] > 0
-    # The base model was scored before the stop and is not scored again.
+    # The base model was scored before the stop and is not scored again; the report keeps what
+    # scoring took before the stop, not only the reload's seconds.
     assert any(n.startswith("Resumed run: ") and "base_zero_shot" in n for n in report["notes"])
+    assert report["cost"]["before_resume"]["score_base_seconds"] == round(scored_before, 1)
+    assert "before the resume" in (run_dir / "report.md").read_text()
 
 
 def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):

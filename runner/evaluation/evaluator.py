@@ -16,6 +16,7 @@ from runner.evaluation.metrics import classification_metrics, normalize_answer, 
 from runner.model.forward import completion_logprobs, forward, generate, output_cache
 
 TEXT_WINDOWS = 2  # windows per forward pass for perplexity and drift
+CANDIDATE_ROWS = 4  # continuing candidate rows per prompt slot of a scoring batch (see candidate_scores)
 
 
 @dataclass
@@ -87,9 +88,15 @@ class Evaluator:
         prompts = [p[-budget:] for p in prompts]
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         out: list[torch.Tensor] = [torch.empty(0)] * len(prompts)
+        # Each multi-token candidate continues on its own copy of its prompt's keys/values: with
+        # 77 labels a batch of 16 prompts is 1,232 rows, minutes of silence and gigabytes. The
+        # batch holds at most CANDIDATE_ROWS x batch_size continuing rows, so the bar moves and
+        # memory stays bounded; with a few labels this is the plain batch size.
+        continuing = max((sum(len(ids) > 1 for ids in cands) for cands in candidates), default=0)
+        step = max(1, min(self.batch_size, CANDIDATE_ROWS * self.batch_size // max(continuing, 1)))
         with self._inference(), self.progress(len(order)) as bar:
-            for start in range(0, len(order), self.batch_size):
-                idx = order[start : start + self.batch_size]
+            for start in range(0, len(order), step):
+                idx = order[start : start + step]
                 scores = self._score_continuations([prompts[i] for i in idx], [candidates[i] for i in idx])
                 for i, s in zip(idx, scores):
                     out[i] = s

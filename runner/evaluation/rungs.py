@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections import Counter
 
 import torch
@@ -27,6 +29,9 @@ def majority_baseline(data: TaskData) -> tuple[dict, list[dict]]:
     return metrics, records
 
 
+TFIDF_NOTICE_ROWS = 2000  # past this many train rows the fit takes long enough to say so
+
+
 def tfidf_baseline(data: TaskData) -> tuple[dict, list[dict]]:
     """A classical classifier on the same train split: TF-IDF of the rendered prompt (word 1-2
     grams) and logistic regression, in seconds on a CPU. It answers "is a language model even
@@ -35,6 +40,8 @@ def tfidf_baseline(data: TaskData) -> tuple[dict, list[dict]]:
     from sklearn.linear_model import LogisticRegression
 
     labels = data.task.labels
+    if len(data.train) > TFIDF_NOTICE_ROWS and not os.environ.get("RUNNER_QUIET"):  # seconds to a minute
+        print(f"TF-IDF baseline, {data.task.name}: fitting on {len(data.train):,} train rows…", file=sys.stderr)
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1)
     train = vectorizer.fit_transform([e.prompt for e in data.train])
     seen = sorted({e.label for e in data.train})

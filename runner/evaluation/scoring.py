@@ -264,9 +264,16 @@ def score_tasks(
             scoring.tasks_items.setdefault(data.task.name, {})[rung] = items
             if rung == "fine_tuned":
                 n = scoring.spec.evaluation.sample_predictions
+                # The input goes with each sample (shortened: report.json stays small whatever
+                # the rows hold), so a reader sees what the model was asked, not just its answer.
                 entry.samples = [
-                    {k: r[k] for k in ("row", "id", "gold", "prediction", "correct") if k in r} for r in records[:n]
+                    {k: r[k] for k in ("row", "id", "gold", "prediction", "correct") if k in r}
+                    | {"input": " ".join(r["prompt"].split())[:SAMPLE_INPUT_CHARS]}
+                    for r in records[:n]
                 ]
+
+
+SAMPLE_INPUT_CHARS = 300  # of a sample's prompt kept in report.json
 
 
 def summarize(scoring: Scoring) -> None:

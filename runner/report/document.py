@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from runner.report.cells import num, seconds
+from runner.report.cells import count, duration, memory, num, share
 from runner.report.sentences import monitor_sentence, overfitting, training_data_sentence
 from runner.report.task_blocks import RUNG_TITLES, RUNGS, task_blocks
+from runner.report.verdict import verdict_blocks
 from runner.results import Cost, ProbeResult, RunResult, TrainingResult
 
 
 def document(result: RunResult, images: dict[str, str]) -> list[tuple]:
-    """The report as blocks: ("h1"|"h2"|"p", text), ("table", header, rows), ("img", key, alt)."""
-    blocks = header_blocks(result)
+    """The report as blocks: ("h1"|"h2"|"p", text), ("table", header, rows), ("img", key, alt).
+
+    The verdict comes first: a reader who stops there knows who won, by how much, at what cost."""
+    blocks = header_blocks(result) + verdict_blocks(result)
     for name, task in result.tasks.items():
         blocks += task_blocks(name, task, images)
     if result.forgetting:
@@ -91,9 +94,7 @@ def training_blocks(training: TrainingResult, training_data: dict | None, images
         ("h2", "Training"),
         (
             "p",
-            f"Epochs run: {training.epochs_run}; best epoch: {training.best_epoch} "
-            f"(val loss {num(training.best_val_loss)}); stopped early: {training.stopped_early}. "
-            + monitor_sentence(training, training_data),
+            f"{epochs_sentence(training)} " + monitor_sentence(training, training_data),
         ),
     ]
     blocks += [("p", text) for text in training_notes(training)]
@@ -106,6 +107,15 @@ def training_blocks(training: TrainingResult, training_data: dict | None, images
         rows = [[*row, num(e.get("monitor"))] for row, e in zip(rows, training.epochs)]
     blocks.append(("table", header, rows))
     return blocks
+
+
+def epochs_sentence(training: TrainingResult) -> str:
+    """How many epochs ran, which was best, and whether early stopping ended it, in words."""
+    ran = f"Ran {training.epochs_run} epoch{'' if training.epochs_run == 1 else 's'} ({training.global_steps:,} steps)"
+    if training.best_epoch is None:
+        return f"{ran}; no validation loss was measured, so the last weights were kept."
+    ending = "early stopping ended it" if training.stopped_early else "it ran every epoch it was given"
+    return f"{ran}; the best was epoch {training.best_epoch} (val loss {num(training.best_val_loss)}); {ending}."
 
 
 def training_notes(training: TrainingResult) -> list[str]:
@@ -133,38 +143,39 @@ def training_notes(training: TrainingResult) -> list[str]:
     return notes
 
 
+STAGE_LABELS = (
+    ("prepare", "prepare_seconds"),
+    ("load model", "load_model_seconds"),
+    ("score base", "score_base_seconds"),
+    ("train", "train_seconds"),
+    ("score fine-tuned", "score_tuned_seconds"),
+)
+
+
 def cost_blocks(cost: Cost) -> list[tuple]:
     """What the run cost, as a two-column table; nothing when no cost was measured."""
     rows = []
     if cost.train_seconds is not None:
-        rows.append(["train time", f"{cost.train_seconds:.0f} s"])
-        rows.append(["throughput", f"{cost.tokens_per_second:.0f} tokens/s over {cost.train_tokens:,} tokens"])
+        rows.append(["train time", duration(cost.train_seconds)])
+    if cost.tokens_per_second is not None and cost.train_tokens is not None:
+        rows.append(["throughput", f"{cost.tokens_per_second:,.0f} tokens/s over {cost.train_tokens:,} tokens"])
     if cost.trainable_params is not None:
-        share = 100 * cost.trainable_params / max(cost.total_params, 1)
-        rows.append(["trainable parameters", f"{cost.trainable_params:,} of {cost.total_params:,} ({share:.2f}%)"])
+        part = share(cost.trainable_params / max(cost.total_params, 1))
+        rows.append(["trainable parameters", f"{cost.trainable_params:,} of {count(cost.total_params)} ({part})"])
     if cost.peak_rss_mb is not None:
-        rows.append(["peak memory (RSS)", f"{cost.peak_rss_mb:.0f} MB"])
+        rows.append(["peak memory (RSS)", memory(cost.peak_rss_mb)])
     if cost.checkpoint_mb is not None:
-        rows.append(["exported model", f"{cost.checkpoint_mb:.1f} MB"])
-    if cost.score_base_seconds is not None or cost.score_tuned_seconds is not None:
-        scoring = f"{seconds(cost.score_base_seconds)} / {seconds(cost.score_tuned_seconds)}"
-        rows.append(["scoring time (base / fine-tuned)", scoring])
-    stages = {
-        label: getattr(cost, key)
-        for label, key in (
-            ("prepare", "prepare_seconds"),
-            ("load model", "load_model_seconds"),
-            ("score base", "score_base_seconds"),
-            ("train", "train_seconds"),
-            ("score fine-tuned", "score_tuned_seconds"),
-        )
-        if getattr(cost, key) is not None
-    }
+        rows.append(["exported model", memory(cost.checkpoint_mb)])
+    stages = {label: getattr(cost, key) for label, key in STAGE_LABELS if getattr(cost, key) is not None}
     if len(stages) > 1:
-        rows.append(["wall time by stage", ", ".join(f"{label} {seconds(v)}" for label, v in stages.items())])
+        since = " (since the resume)" if cost.before_resume else ""
+        rows.append([f"wall time by stage{since}", ", ".join(f"{label} {duration(v)}" for label, v in stages.items())])
+    if cost.before_resume:  # this attempt's stages above; the ones before the resume here
+        earlier = {label: cost.before_resume[key] for label, key in STAGE_LABELS if key in cost.before_resume}
+        rows.append(["before the resume", ", ".join(f"{label} {duration(v)}" for label, v in earlier.items())])
     if cost.score_base_cached:
         rows.append(["base scores reused from cache", f"{cost.score_base_cached} (see the note above)"])
-    return [("h2", "Cost"), ("table", ["", ""], rows)] if rows else []
+    return [("h2", "Cost"), ("table", ["cost", "measured"], rows)] if rows else []
 
 
 def summary_table(result: RunResult) -> str:

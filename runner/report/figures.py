@@ -13,7 +13,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from runner.results import ProbeResult, RungResult, RunResult
+from runner.report.cells import table_cell
+from runner.report.task_blocks import top_confusions
+from runner.report.verdict import METRIC_WORDS, lead_metric
+from runner.results import ProbeResult, RungResult, RunResult, TaskResult
 
 RUNG_COLORS = {
     "majority": "#d9d9d9",
@@ -79,8 +82,8 @@ def ladder_chart(task_name: str, tests: dict[str, RungResult], metric: str) -> F
             fontweight="bold",
         )
     ax.set_ylim(0, 1)
-    ax.set_ylabel(metric)
-    ax.set_title(f"{task_name}: test {metric} (95% CI)")
+    ax.set_ylabel(METRIC_WORDS.get(metric, metric))
+    ax.set_title(f"{task_name}: test {METRIC_WORDS.get(metric, metric)} (95% CI)")
     fig.tight_layout()
     return fig
 
@@ -108,6 +111,25 @@ def confusion_heatmap(task_name: str, confusion: dict) -> Figure:
             ax.text(j, i, str(value), ha="center", va="center", color="white" if value > top / 2 else "black")
     ax.set_title(f"{task_name}: confusion (fine-tuned)")
     fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+def top_confusions_chart(task_name: str, confusion: dict) -> Figure:
+    """Past MAX_ANNOTATED labels: the most frequent mistakes as bars (gold → predicted), which a
+    reader can act on; a 77×77 matrix is a moiré of colours."""
+    pairs = top_confusions(confusion["labels"], confusion["matrix"])
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.32 * max(len(pairs), 1)))
+    names = [f"{table_cell(gold, 34)} → {table_cell(predicted, 34)}" for gold, predicted, _, _ in pairs]
+    ax.barh(range(len(pairs)), [n for _, _, n, _ in pairs], color=RUNG_COLORS["fine_tuned"])
+    ax.set_yticks(range(len(pairs)), names, fontsize=8)
+    ax.invert_yaxis()  # the most frequent mistake on top
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    total = sum(sum(row) for row in confusion["matrix"])
+    ax.set_title(f"{task_name}: the fine-tuned model's {len(pairs)} most frequent mistakes")
+    ax.set_xlabel(f"test rows (of {total})")
+    if not pairs:
+        ax.text(0.5, 0.5, "no mistakes", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     return fig
 
@@ -240,21 +262,24 @@ def make_figures(result: RunResult) -> dict[str, Figure]:
     if training and training.epochs:
         figures["training_curves"] = training_curves(training.epochs, training.best_epoch)
     for name, task in result.tasks.items():
-        figures.update(task_figures(name, task.test))
+        figures.update(task_figures(name, task))
     forgetting = result.forgetting or {}
     if any(e.retention is not None for e in forgetting.values()):
         figures["forgetting"] = forgetting_chart(forgetting)
     return figures
 
 
-def task_figures(name: str, tests: dict[str, RungResult]) -> dict[str, Figure]:
-    """One task's ladder and, for a fine-tuned classifier, its confusion matrix and reliability."""
-    figures = {}
+def task_figures(name: str, task: TaskResult) -> dict[str, Figure]:
+    """One task's ladder (in the verdict's lead metric) and, for a fine-tuned classifier, its
+    confusion matrix (or top confusions) and reliability."""
+    figures, tests = {}, task.test
     if tests:
-        figures[f"ladder_{name}"] = ladder_chart(name, tests, next(iter(tests.values())).headline())
+        figures[f"ladder_{name}"] = ladder_chart(name, tests, lead_metric(task)[0])
     ft = tests.get("fine_tuned")
     if ft and ft.confusion_matrix is not None:
-        figures[f"confusion_{name}"] = confusion_heatmap(name, ft.confusion_matrix)
+        many = len(ft.confusion_matrix["labels"]) > MAX_ANNOTATED
+        chart = top_confusions_chart if many else confusion_heatmap
+        figures[f"confusion_{name}"] = chart(name, ft.confusion_matrix)
     if ft and ft.calibration and ft.calibration.get("bins"):
         figures[f"calibration_{name}"] = reliability_chart(name, ft.calibration)
     return figures

@@ -28,12 +28,19 @@ def to_markdown(blocks: list[tuple], image_files: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+# Every table sits in a box that scrolls sideways inside the page, so no table widens the page;
+# a long one (many labels) also scrolls down inside a box of its own height, its header kept in view.
 HTML_STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:960px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:0.8em 0}th,td{border:1px solid #ccc;padding:4px 10px;text-align:right}
-th{background:#f3f4f6}td:first-child,th:first-child,td.t{text-align:left}img{max-width:100%;display:block;margin:0.8em 0}
-code{background:#f3f4f6;padding:0 3px}h2{border-bottom:1px solid #ddd;padding-bottom:0.2em;margin-top:1.6em}
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1040px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+.tbl{max-width:100%;overflow:auto;margin:0.8em 0}.tbl.long{max-height:28em;border-bottom:1px solid #ccc}
+table{border-collapse:collapse}th,td{border:1px solid #ccc;padding:4px 10px;text-align:right}
+th{background:#f3f4f6;position:sticky;top:0}td:first-child,th:first-child,td.t,th.t{text-align:left}
+td.t{max-width:36em;overflow-wrap:anywhere}img{max-width:100%;display:block;margin:0.8em 0}
+code{background:#f3f4f6;padding:0 3px;overflow-wrap:anywhere}h2{border-bottom:1px solid #ddd;padding-bottom:0.2em;margin-top:1.6em}
+.verdict{background:#f6f8fa;border-left:4px solid #2563eb;padding:0.2em 1em;margin:1em 0}
 """
+
+LONG_TABLE_ROWS = 20  # rows past which a table scrolls inside its own box
 
 
 def to_html(blocks: list[tuple], images: dict[str, str], title: str) -> str:
@@ -44,9 +51,17 @@ def to_html(blocks: list[tuple], images: dict[str, str], title: str) -> str:
         if kind in ("h1", "h2", "p"):
             body.append(f"<{kind}>{_inline(block[1])}</{kind}>")
         elif kind == "table":
-            header = "".join(f"<th>{html.escape(str(c))}</th>" for c in block[1])
+            # A header sits over its column: right over numbers, left over text.
+            first = block[2][0] if block[2] else []
+            header = "".join(
+                f"<th{'' if i < len(first) and _td(first[i]).startswith('<td>') else ' class=t'}>{html.escape(str(c))}</th>"
+                for i, c in enumerate(block[1])
+            )
             rows = "".join("<tr>" + "".join(_td(c) for c in row) + "</tr>" for row in block[2])
-            body.append(f"<table><thead><tr>{header}</tr></thead><tbody>{rows}</tbody></table>")
+            long = " long" if len(block[2]) > LONG_TABLE_ROWS else ""
+            body.append(
+                f'<div class="tbl{long}"><table><thead><tr>{header}</tr></thead><tbody>{rows}</tbody></table></div>'
+            )
         elif kind == "img" and block[1] in images:
             body.append(f'<img src="{images[block[1]]}" alt="{html.escape(block[2])}">')
     return (
@@ -58,7 +73,7 @@ def to_html(blocks: list[tuple], images: dict[str, str], title: str) -> str:
 def _td(cell) -> str:
     """A table cell: numbers (with or without an interval) right-aligned, text left-aligned."""
     text = str(cell)
-    numeric = bool(re.fullmatch(r"[-+]?[\d.,]+( \[.*\])?( s| MB)?|—", text))
+    numeric = bool(re.fullmatch(r"[-+−]?[\d.,]+%?( \[.*\])?( ✓)?( s| min| MB| GB)?|—", text))
     return f"<td>{html.escape(text)}</td>" if numeric else f'<td class="t">{html.escape(text)}</td>'
 
 

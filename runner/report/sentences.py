@@ -14,7 +14,7 @@ def forgetting_sentence(forgetting: dict[str, ProbeResult]) -> str:
     """One sentence a reader can act on: forgetting, a shift worth watching, or neither."""
     if not forgetting:
         return "No forgetting probes were run (evaluation.forgetting is empty)."
-    verdicts = {name: _verdict(e) for name, e in forgetting.items()}
+    verdicts = {name: probe_verdict(e) for name, e in forgetting.items()}
     worse = [name for name, verdict in verdicts.items() if verdict == "forgot"]
     shifted = [name for name, verdict in verdicts.items() if verdict == "shifted"]
     details = "; ".join(_probe_phrase(name, e) for name, e in forgetting.items())
@@ -45,7 +45,7 @@ def _probe_phrase(name: str, e: ProbeResult) -> str:
     return f"{name} {e.metric} moved {e.delta:+.3f}{ci_text}"
 
 
-def _verdict(e: ProbeResult) -> str:
+def probe_verdict(e: ProbeResult) -> str:
     """The probe's verdict: forgot, shifted (general text behaviour moved, which an accuracy probe
     cannot show) or nothing (an empty string)."""
     if e.two_model:

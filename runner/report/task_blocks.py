@@ -3,7 +3,7 @@ fine-tuned model's per-class view and a few sample predictions."""
 
 from __future__ import annotations
 
-from runner.report.cells import table_cell
+from runner.report.cells import signed, table_cell
 from runner.results import RungResult, TaskResult
 
 RUNGS = ("majority", "baseline_tfidf", "base_zero_shot", "base_few_shot", "fine_tuned")
@@ -27,10 +27,16 @@ def task_blocks(name: str, task: TaskResult, images: dict[str, str]) -> list[tup
             blocks += fine_tuned_blocks(name, task.test, images)
     if task.samples:
         rows = [
-            [s["row"], table_cell(s["gold"]), table_cell(s["prediction"]), "✓" if s["correct"] else "✗"]
+            [
+                s["row"],
+                table_cell(s.get("input", ""), 100),
+                table_cell(s["gold"], 40),
+                table_cell(s["prediction"], 40),
+                "✓" if s["correct"] else "✗",
+            ]
             for s in task.samples
         ]
-        blocks.append(("table", ["row", "gold", "prediction (fine-tuned)", ""], rows))
+        blocks.append(("table", ["row", "input", "gold", "prediction (fine-tuned)", ""], rows))
     return blocks
 
 
@@ -61,9 +67,10 @@ def data_blocks(task: TaskResult) -> list[tuple]:
         ]
         blocks.append(("table", ["severity", "data check", "finding", "rows (first)"], rows))
     if data.get("label_counts"):
-        labels = task.labels
-        rows = [[split, *(counts[label] for label in labels)] for split, counts in data["label_counts"].items()]
-        blocks.append(("table", ["split", *labels], rows))
+        # Labels as rows, splits as columns: 77 labels make a long table, never a wide one.
+        splits = data["label_counts"]
+        rows = [[label, *(counts.get(label, 0) for counts in splits.values())] for label in task.labels or []]
+        blocks.append(("table", ["label", *(f"{split} rows" for split in splits)], rows))
     return blocks
 
 
@@ -84,16 +91,32 @@ def ladder_blocks(name: str, task: TaskResult, images: dict[str, str]) -> list[t
     blocks: list[tuple] = [
         ("table", ["model", *metric_names, "prompt tokens / request", "prompts shortened", "n"], rows)
     ]
-    for label, delta in task.deltas.items():
-        parts = [
-            f"{m} {d.delta:+.3f} (95% CI {d.ci95[0]:+.3f}..{d.ci95[1]:+.3f}, "
-            f"{'excludes' if d.excludes_zero else 'includes'} zero)"
-            for m, d in delta.items()
-        ]
-        blocks.append(("p", f"{label}: " + "; ".join(parts) + "."))
+    if task.deltas:
+        # One row per rung the fine-tuned model is set against, the same resampled rows for both.
+        rows = []
+        for label, delta in task.deltas.items():
+            a, _, b = label.partition(" - ")
+            title = f"{RUNG_TITLES.get(a, a)} − {RUNG_TITLES.get(b, b)}"
+            rows.append([title, *(delta_cell(delta.get(m)) for m in metric_names)])
+        blocks.append(("table", ["paired difference", *(f"{m} [95% CI]" for m in metric_names)], rows))
+        blocks.append(
+            (
+                "p",
+                "A difference is measured when its interval excludes zero (marked ✓); the interval is a paired "
+                "bootstrap over the test rows, both models scored on the same resampled rows.",
+            )
+        )
     if f"ladder_{name}" in images:
         blocks.append(("img", f"ladder_{name}", f"{name}: metric per rung with token cost"))
     return blocks
+
+
+def delta_cell(d) -> str:
+    """A paired difference with its interval, ✓ when the interval excludes zero."""
+    if d is None:
+        return "—"
+    mark = " ✓" if d.excludes_zero else ""
+    return f"{signed(d.delta)} [{signed(d.ci95[0])}, {signed(d.ci95[1])}]{mark}"
 
 
 def rung_title(rung: str, m: RungResult) -> str:
@@ -149,5 +172,23 @@ def fine_tuned_blocks(name: str, tests: dict[str, RungResult], images: dict[str,
     if f"confusion_{name}" in images:
         blocks.append(("img", f"confusion_{name}", f"{name}: confusion matrix of the fine-tuned model"))
     labels, matrix = ft.confusion_matrix["labels"], ft.confusion_matrix["matrix"]
-    blocks.append(("table", ["gold \\ predicted", *labels], [[label, *row] for label, row in zip(labels, matrix)]))
+    if len(labels) <= MAX_MATRIX_LABELS:
+        blocks.append(("table", ["gold \\ predicted", *labels], [[label, *row] for label, row in zip(labels, matrix)]))
+    else:  # a 77-column matrix fits no page: the mistakes that matter, most frequent first
+        rows = [
+            [gold, predicted, n, f"{n / support:.0%}" if support else "—"]
+            for gold, predicted, n, support in top_confusions(labels, matrix)
+        ]
+        blocks.append(("table", ["gold", "predicted instead", "rows", "share of gold's rows"], rows))
     return blocks
+
+
+MAX_MATRIX_LABELS = 20  # past this many labels, the confusion matrix shows its top confusions
+
+
+def top_confusions(labels: list[str], matrix: list[list[int]], top: int = 20) -> list[tuple[str, str, int, int]]:
+    """The `top` most frequent (gold, predicted, rows, gold's rows) mistakes of a confusion matrix."""
+    pairs = [
+        (labels[i], labels[j], n, sum(row)) for i, row in enumerate(matrix) for j, n in enumerate(row) if i != j and n
+    ]
+    return sorted(pairs, key=lambda p: (-p[2], p[0], p[1]))[:top]

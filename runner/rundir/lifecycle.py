@@ -13,8 +13,9 @@ from runner.data.split import splits_record
 from runner.errors import Interrupted, RunnerError
 from runner.evaluation.scoring import describe_data
 from runner.inputs import Inputs
-from runner.results import RunResult
+from runner.results import Cost, RunResult
 from runner.rundir.folder import input_fingerprints, rerun_command, write_run_header
+from runner.rundir.model_files import read_object
 from runner.rundir.report_files import finish, start_report, write_report
 from runner.spec.types import Spec
 from runner.training.callbacks import STOP
@@ -27,7 +28,9 @@ def guarded(spec: Spec, run_dir: Path, mode: str, inputs: Inputs, flow: Callable
     resumed = mode == "train" and (run_dir / "spec.yaml").is_file() and (run_dir / "checkpoints").is_dir()
     if not resumed:
         write_run_header(run_dir, spec, splits_record(inputs.tasks, spec.seed), input_fingerprints(spec, inputs.tasks))
+    earlier = earlier_stages(run_dir) if resumed else None
     result = start_report(spec, run_dir, mode)
+    result.cost.before_resume = earlier or None
     describe_data(result, inputs.tasks, inputs.findings, inputs.encoder, spec)
     result.cost.prepare_seconds = round(inputs.seconds, 1)
     write_report(run_dir, result)  # "running", from the start
@@ -50,6 +53,31 @@ def guarded(spec: Spec, run_dir: Path, mode: str, inputs: Inputs, flow: Callable
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return run_dir
+
+
+def earlier_stages(run_dir: Path) -> dict[str, float]:
+    """The stage times the run's report.json recorded before this resume (added up over earlier
+    resumes); nothing when it is missing or unreadable, which only costs the report a line."""
+    report, _ = read_object(run_dir / "report.json", "report.json", REPORT_MAX_BYTES)
+    cost = (report or {}).get("cost")
+    if not isinstance(cost, dict):
+        return {}
+    earlier = cost.get("before_resume")
+    earlier = (
+        {k: v for k, v in earlier.items() if k in Cost.STAGES and _seconds(v)} if isinstance(earlier, dict) else {}
+    )
+    for key in Cost.STAGES:
+        if _seconds(cost.get(key)):
+            earlier[key] = round(earlier.get(key, 0) + cost[key], 1)
+    return earlier
+
+
+def _seconds(value) -> bool:
+    """A wall time as report.json keeps it: a number of seconds, not negative."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1e9
+
+
+REPORT_MAX_BYTES = 64 * 2**20  # runner writes report.json of a few hundred KB
 
 
 def _raise_interrupted(signum: int, frame) -> None:

@@ -182,7 +182,8 @@ def test_predict_reads_csv_and_standard_input_and_compares_labels_when_rows_have
     from_csv = [json.loads(line) for line in captured.out.splitlines()]
     assert [r["gold"] for r in from_csv] == ["positive", "negative"]
     assert all(r["correct"] == (r["prediction"] == r["gold"]) for r in from_csv)
-    assert "2 rows carried a label" in captured.err
+    right = sum(r["correct"] for r in from_csv)
+    assert f"2 rows predicted. {right} of the 2 rows with a label predicted right ({50 * right:.0f}%)." in captured.err
 
     monkeypatch.setattr(sys, "stdin", io.StringIO("".join(json.dumps(r) + "\n" for r in rows)))
     assert main(["predict", str(lora_run), "--input", "-"]) == 0

@@ -49,6 +49,8 @@ def share(value) -> str:
     if value is None:
         return "—"
     pct = 100 * value
+    if pct == 0:
+        return "0%"
     return f"{pct:.2f}%" if pct < 1 else f"{pct:.1f}%" if pct < 10 else f"{pct:.0f}%"
 
 

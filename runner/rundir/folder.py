@@ -267,7 +267,7 @@ def resume_problems(run_dir: Path, spec: Spec, fingerprints: dict) -> tuple[list
     for path, old, new in _differences(before, now):
         if path in ("source_path", "runs", "run"):
             continue
-        line = f"{printable(path, 120)}: {quoted(old, 120)} in the run, {quoted(new, 120)} now"
+        line = f"{printable(path, 120)}: {_setting(old)} in the run, {_setting(new)} now"
         free = any(path == p or path.startswith(p + ".") for p in RESUMABLE_CHANGES)
         (allowed if free else problems).append(line)
     saved, damaged = read_fingerprints(run_dir)
@@ -281,6 +281,11 @@ def resume_problems(run_dir: Path, spec: Spec, fingerprints: dict) -> tuple[list
             )
             problems.append(f"{key}: {what} changed since the run started")
     return problems, allowed
+
+
+def _setting(value) -> str:
+    """A setting's value as a resume message quotes it; an absent one in words, not `None`."""
+    return "not set" if value is None else quoted(value, 120)
 
 
 def _differences(before, now, path: str = "") -> list[tuple[str, object, object]]:

@@ -35,7 +35,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1040px;ma
 .tbl{max-width:100%;overflow:auto;margin:0.8em 0}.tbl.long{max-height:28em;border-bottom:1px solid #ccc}
 table{border-collapse:collapse}th,td{border:1px solid #ccc;padding:4px 10px;text-align:right}
 th{background:#f3f4f6;position:sticky;top:0}td:first-child,th:first-child,td.t,th.t{text-align:left}
-td.t{max-width:36em;overflow-wrap:anywhere}img{max-width:100%;display:block;margin:0.8em 0}
+td.t{max-width:36em;overflow-wrap:anywhere}td:not(.t){white-space:nowrap}img{max-width:100%;display:block;margin:0.8em 0}
 code{background:#f3f4f6;padding:0 3px;overflow-wrap:anywhere}h2{border-bottom:1px solid #ddd;padding-bottom:0.2em;margin-top:1.6em}
 .verdict{background:#f6f8fa;border-left:4px solid #2563eb;padding:0.2em 1em;margin:1em 0}
 """

@@ -37,7 +37,7 @@ table{border-collapse:collapse}th,td{border:1px solid #ccc;padding:4px 10px;text
 th{background:#f3f4f6;position:sticky;top:0}td:first-child,th:first-child,td.t,th.t{text-align:left}
 td.t{max-width:36em;overflow-wrap:anywhere}td:not(.t){white-space:nowrap}img{max-width:100%;display:block;margin:0.8em 0}
 code{background:#f3f4f6;padding:0 3px;overflow-wrap:anywhere}h2{border-bottom:1px solid #ddd;padding-bottom:0.2em;margin-top:1.6em}
-.verdict{background:#f6f8fa;border-left:4px solid #2563eb;padding:0.2em 1em;margin:1em 0}
+.verdict{background:#f6f8fa;border-left:4px solid #2563eb;padding:0.1em 1.2em 0.4em;margin:1em 0}.verdict h2{margin-top:0.6em}
 """
 
 LONG_TABLE_ROWS = 20  # rows past which a table scrolls inside its own box
@@ -45,9 +45,15 @@ LONG_TABLE_ROWS = 20  # rows past which a table scrolls inside its own box
 
 def to_html(blocks: list[tuple], images: dict[str, str], title: str) -> str:
     """A self-contained page: styles inline, plots embedded as data URIs; readable offline."""
-    body = []
+    body, boxed = [], False
     for block in blocks:
         kind = block[0]
+        if kind in ("h1", "h2") and boxed:  # the verdict's box ends where the next section starts
+            body.append("</section>")
+            boxed = False
+        if kind == "h2" and block[1] == "Verdict":
+            body.append('<section class="verdict">')
+            boxed = True
         if kind in ("h1", "h2", "p"):
             body.append(f"<{kind}>{_inline(block[1])}</{kind}>")
         elif kind == "table":
@@ -64,6 +70,8 @@ def to_html(blocks: list[tuple], images: dict[str, str], title: str) -> str:
             )
         elif kind == "img" and block[1] in images:
             body.append(f'<img src="{images[block[1]]}" alt="{html.escape(block[2])}">')
+    if boxed:
+        body.append("</section>")
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f"<style>{HTML_STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"

@@ -202,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--merged", type=Path, metavar="OUT", help="plain weights for AutoModelForCausalLM.from_pretrained (no peft)"
     )
     target.add_argument("--adapter", type=Path, metavar="OUT", help="the peft adapter, for PeftModel.from_pretrained")
+    dtypes = ("fp32", "bf16", "fp16")
+    export.add_argument("--dtype", choices=dtypes, default="fp32", help="the weights' dtype, an adapter's too")
     export.set_defaults(func=cmd_export)
 
     runs = sub.add_parser("runs", help="every run under a folder: status, age, results, how to continue stopped ones")
@@ -326,14 +328,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     """Predict new rows with a finished run; predictions go to `--output` or stdout, the tally to stderr."""
     from runner.flows.predict import predict
+    from runner.report.cells import plural, share
     from runner.training.setup import quiet_libraries
 
     quiet_libraries()
     summary = predict(args.run_dir, args.input, args.output, args.task, args.format)
     where = f" to {args.output}" if args.output else ""
-    line = f"{summary['rows']} rows predicted{where}."
+    line = f"{plural(summary['rows'], 'row')} predicted{where}."
     if summary["with_gold"]:
-        line += f" {summary['with_gold']} rows carried a label: {summary['accuracy']:.3f} of them predicted right."
+        right = round(summary["accuracy"] * summary["with_gold"])
+        line += f" {right:,} of the {plural(summary['with_gold'], 'row')} with a label predicted right ({share(summary['accuracy'])})."
     print(line, file=sys.stderr)
     return 0
 
@@ -344,7 +348,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from runner.training.setup import quiet_libraries
 
     quiet_libraries()
-    out = export(args.run_dir, args.merged or args.adapter, merged=args.merged is not None)
+    out = export(args.run_dir, args.merged or args.adapter, merged=args.merged is not None, dtype=args.dtype)
     how = "AutoModelForCausalLM.from_pretrained" if args.merged else "PeftModel.from_pretrained(base_model, ...)"
     print(f"Exported to {out}; load it with {how}.")
     return 0

@@ -20,20 +20,19 @@ def only_run_dir(root: Path) -> Path:
 
 
 def tensorboard_tags(run_dir: Path) -> set[str]:
-    """Every scalar, image, text and plugin tag in the run's event files."""
+    """Every scalar, image, text and plugin tag in the run's event files; a tag of a sub-run (one
+    per rung, before/after training) is prefixed with the sub-run's name."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     tags = set()
-    for events in (run_dir / "tensorboard").glob("events.out.tfevents.*"):
+    for events in (run_dir / "tensorboard").rglob("events.out.tfevents.*"):
+        run = events.parent.relative_to(run_dir / "tensorboard").as_posix()
+        prefix = "" if run == "." else f"{run}:"
         acc = EventAccumulator(str(events), size_guidance={"images": 0, "tensors": 0})
         acc.Reload()
         found = acc.Tags()
-        tags |= set(found["scalars"]) | set(found["tensors"]) | set(found["images"])
-        tags |= {f"plugin:{name}" for name in acc.PluginAssets("hparams") or []}
-        tags |= {
-            f"plugin:{p}"
-            for p in acc.summary_metadata and {m.plugin_data.plugin_name for m in acc.summary_metadata.values()}
-        }
+        tags |= {prefix + t for t in (*found["scalars"], *found["tensors"], *found["images"])}
+        tags |= {f"plugin:{m.plugin_data.plugin_name}" for m in acc.summary_metadata.values()}
     return tags
 
 
@@ -127,15 +126,16 @@ def test_tensorboard_events_hold_training_and_test_scalars(classification_run):
         "train/loss",
         "val/loss",
         "val/sentiment/loss",
-        "test/sentiment/fine_tuned/accuracy",
-        "test/sentiment/base_zero_shot/f1_macro",
-        "test/sentiment/base_few_shot/prompt_tokens_mean",
+        "fine_tuned:test/sentiment/accuracy",
+        "base_zero_shot:test/sentiment/f1_macro",
+        "base_few_shot:test/sentiment/prompt_tokens_mean",
         "figures/confusion_sentiment",
         "samples/sentiment/text_summary",
-        "report/text_summary",
+        "report/0_overview/text_summary",
         "plugin:hparams",
     }
     assert expected <= tags, expected - tags
+    assert not any(t.startswith("hparam/") for t in tags)  # the HParams tab points at the scalars above
 
 
 def test_resume_of_a_finished_run_scores_it_again_without_training(classification_run, tmp_path):

@@ -43,7 +43,7 @@ def evaluate_spec(spec: Spec, checkpoint: Path | None, output_dir: Path | None =
 
 def evaluate(spec: Spec, run_dir: Path, result: RunResult, inputs: Inputs, checkpoint: Path | None) -> None:
     """The base model scored, then the checkpoint's model if given, against it; the report written."""
-    from lightning.pytorch.loggers import TensorBoardLogger
+    from runner.training.trainer import RunLogger
 
     torch.manual_seed(spec.seed)
     with timed(result, "load_model_seconds"):
@@ -59,6 +59,6 @@ def evaluate(spec: Spec, run_dir: Path, result: RunResult, inputs: Inputs, check
         evaluator.model = tuned.to(evaluator.device)
         score_tuned(evaluator, base_evaluator(evaluator, base_copy), scoring)
     summarize(scoring)
-    logger = TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)
+    logger = RunLogger(run_dir)  # its HParams entry points at the report's scalars, no copies
     logger.log_hyperparams(hparams(spec), hparam_metrics(result))
     finish(run_dir, result, "complete", writer=logger.experiment, step=0)

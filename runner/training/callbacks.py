@@ -1,4 +1,5 @@
-"""Callbacks: the last checkpoint for exact resume, step timing, and stop requests."""
+"""Callbacks: the last checkpoint for exact resume, step timing, stop requests, and the
+training curves (step loss, learning rate) TensorBoard gets whatever log_every_n_steps says."""
 
 from __future__ import annotations
 
@@ -93,3 +94,39 @@ class StepTimer(Callback):
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         seconds = time.perf_counter() - self._started
         self.steps.append((seconds, batch["input_ids"].numel(), int(batch["attention_mask"].sum())))
+
+
+class TrainingCurves(Callback):
+    """train/loss and train/learning_rate in TensorBoard at every step Lightning logs
+    (trainer.log_every_n_steps) and at every epoch's last step whatever that says, so a short
+    run still has curves. The learning rate is the one the step trained with.
+
+    Rank-safe: it reads values every rank already holds (the step loss is the global batch's,
+    reduced in training_step) and runs no collective; only rank 0's logger writes."""
+
+    def __init__(self) -> None:
+        self._lr = 0.0
+        self._pending: tuple[int, float, torch.Tensor] | None = None  # a step not written yet
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        self._lr = trainer.optimizers[0].param_groups[0]["lr"]
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if not trainer.is_global_zero or trainer.logger is None or not isinstance(outputs, dict):
+            return
+        # The step Lightning itself logs this batch's metrics at (batches so far, this one excluded).
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped
+        self._pending = (step, self._lr, outputs["loss"])
+        every = trainer.log_every_n_steps
+        if (every and (step + 1) % every == 0) or trainer.should_stop or trainer.is_last_batch:
+            self._write(trainer)
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        # An epoch cut short (training.max_steps, max_time) ends on a batch that was not its last.
+        if self._pending is not None:
+            self._write(trainer)
+
+    def _write(self, trainer) -> None:
+        step, lr, loss = self._pending
+        trainer.logger.log_metrics({"train/loss": float(loss), "train/learning_rate": lr}, step=step)
+        self._pending = None

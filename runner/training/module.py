@@ -128,7 +128,9 @@ class FineTuner(L.LightningModule):
             self.lr_schedulers().step()
         self.micro_batch_counts.append(len(parts))
         self.train_loss.update(loss, weight=targets)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        # The progress bar's; TensorBoard's step curve is callbacks.TrainingCurves', which also
+        # writes the epochs' last steps that trainer.log_every_n_steps would skip.
+        self.log("train/loss", loss, prog_bar=True, logger=False, batch_size=batch["input_ids"].shape[0])
         if self.trainer.is_last_batch:
             # The epoch's mean, recorded here rather than at the epoch's end: the checkpoint
             # saved then (by LastCheckpoint, before this module's hook runs) must hold it.
@@ -139,7 +141,9 @@ class FineTuner(L.LightningModule):
         """The epoch's mean training loss into the log and the history; the metric restarts."""
         if self.train_loss.update_count:
             value = float(self.train_loss.compute())
-            self.log("train/epoch_loss", value)
+            # Logged for the epoch, not the step: a step value is dropped unless trainer.log_every_n_steps
+            # falls on this step. Every rank holds the same value (the metric syncs in compute()).
+            self.log("train/epoch_loss", value, on_step=False, on_epoch=True, batch_size=1)
             self.history.setdefault(self.current_epoch, {})["train_loss"] = value
         self.train_loss.reset()
 

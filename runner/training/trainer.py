@@ -15,19 +15,20 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import (
     EarlyStopping,
-    LearningRateMonitor,
     ModelCheckpoint,
     RichProgressBar,
     TQDMProgressBar,
 )
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from runner.data.mixture import FineTuneData
 from runner.errors import Interrupted, RunnerError
 from runner.model.precision import resolve_precision
+from runner.report.tensorboard import hparams_session
 from runner.spec.types import Spec, TrainerSpec
-from runner.training.callbacks import STOP, LastCheckpoint, StepTimer
+from runner.training.callbacks import STOP, LastCheckpoint, StepTimer, TrainingCurves
 from runner.training.module import FineTuner, monitor_key
 
 
@@ -64,6 +65,22 @@ def timed_steps(module: FineTuner, datamodule: FineTuneData, spec: Spec, steps: 
     )
     trainer.fit(module, datamodule=datamodule)
     return timer.steps
+
+
+class RunLogger(TensorBoardLogger):
+    """Lightning's TensorBoard logger in <run>/tensorboard, whose HParams entry refers to the
+    scalars the report writes (report.tensorboard.hparam_metrics) instead of copying their
+    values as scalars of its own, as Lightning's log_hyperparams does."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)
+
+    @rank_zero_only
+    def log_hyperparams(self, params, metrics=None, step=None) -> None:
+        """The settings into hparams.yaml, and with `metrics` the HParams plugin's session."""
+        super().log_hyperparams(params)  # no metrics: Lightning writes no scalar, no hparams summary
+        if metrics:
+            hparams_session(self.experiment, params, metrics)
 
 
 @dataclass
@@ -105,7 +122,7 @@ def build_trainer(
     # `runner -q` (RUNNER_QUIET): no bar at all, only errors and the results.
     quiet = bool(os.environ.get("RUNNER_QUIET"))
     progress = RichProgressBar() if sys.stdout.isatty() else TQDMProgressBar(refresh_rate=10)
-    callbacks = [checkpoint, LearningRateMonitor(logging_interval="step"), StepTimer(), *([] if quiet else [progress])]
+    callbacks = [checkpoint, TrainingCurves(), StepTimer(), *([] if quiet else [progress])]
     every = spec.checkpointing
     callbacks.append(LastCheckpoint(run_dir / "checkpoints" / "last.ckpt", every.every_n_steps, every.every_n_minutes))
     early = None
@@ -136,7 +153,7 @@ def build_trainer(
         check_val_every_n_epoch=1 if val_every is None else None,
         num_sanity_val_steps=0,
         log_every_n_steps=spec.trainer.log_every_n_steps,
-        logger=TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False),
+        logger=RunLogger(run_dir),
         callbacks=callbacks,
         enable_progress_bar=not quiet,
         default_root_dir=str(run_dir),

@@ -12,7 +12,8 @@ import torch
 from conftest import base_spec, make_workdir, write_jsonl, write_spec
 
 from runner.cli import main
-from runner.report.tensorboard import md_cell, shortened_inputs, tb_table
+from runner.report.cells import distinct_inputs
+from runner.report.tensorboard import md_cell, tb_table
 from runner.training.callbacks import TrainingCurves
 
 RUNGS = {"majority", "baseline_tfidf", "base_zero_shot", "base_few_shot", "fine_tuned"}
@@ -185,8 +186,8 @@ def test_samples_show_each_input_without_the_shared_template_lines(events):
 
 def test_inputs_lose_only_the_lines_every_prompt_shares():
     prompts = ["Classify.\nTicket: printer on fire\nAnswer:", "Classify.\nTicket: lost badge\nAnswer:"]
-    assert shortened_inputs(prompts) == ["Ticket: printer on fire", "Ticket: lost badge"]
-    assert shortened_inputs(["Classify.\nTicket: x\nAnswer:"]) == ["Classify. Ticket: x Answer:"]  # one: all of it
+    assert distinct_inputs(prompts) == ["Ticket: printer on fire", "Ticket: lost badge"]
+    assert distinct_inputs(["Classify.\nTicket: x\nAnswer:"]) == ["Classify. Ticket: x Answer:"]  # one: all of it
 
 
 def test_wide_tables_wrap_cells_instead_of_breaking_words_and_free_text_stays_text():

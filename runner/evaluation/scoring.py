@@ -26,6 +26,7 @@ from runner.model.load import causal_lm, merged_adapters
 from runner.model.methods import METHODS
 from runner.model.precision import autocast_dtype, resolve_precision
 from runner.report import uncertainty as stats
+from runner.report.cells import distinct_inputs
 from runner.report.sentences import forgetting_sentence
 from runner.report.uncertainty import ItemScores, add_uncertainty, forgetting_entry
 from runner.results import ProbeResult, RungResult, RunResult, TaskResult
@@ -266,10 +267,10 @@ def score_tasks(
                 n = scoring.spec.evaluation.sample_predictions
                 # The input goes with each sample (shortened: report.json stays small whatever
                 # the rows hold), so a reader sees what the model was asked, not just its answer.
+                inputs = distinct_inputs([r["prompt"] for r in records[:n]], SAMPLE_INPUT_CHARS)
                 entry.samples = [
-                    {k: r[k] for k in ("row", "id", "gold", "prediction", "correct") if k in r}
-                    | {"input": " ".join(r["prompt"].split())[:SAMPLE_INPUT_CHARS]}
-                    for r in records[:n]
+                    {k: r[k] for k in ("row", "id", "gold", "prediction", "correct") if k in r} | {"input": text}
+                    for r, text in zip(records[:n], inputs)
                 ]
 
 

@@ -78,3 +78,19 @@ def table_cell(text: str, width: int = 80) -> str:
     """Free text on one line and at most `width` characters, so a long answer cannot break a table."""
     text = " ".join(str(text).split())
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def distinct_inputs(prompts: list[str], width: int = 300) -> list[str]:
+    """The prompts less the lines every one of them shares (the template's instructions first,
+    its answer cue last), each on one line of at most `width` characters: what sets a sample
+    apart, not the instruction it repeats."""
+    lines = [p.strip().splitlines() for p in prompts]
+    if len(lines) > 1:
+        head = 0
+        while all(len(s) > head + 1 and s[head] == lines[0][head] for s in lines):
+            head += 1
+        tail = 0
+        while all(len(s) > head + tail + 1 and s[-1 - tail] == lines[0][-1 - tail] for s in lines):
+            tail += 1
+        lines = [s[head : len(s) - tail] for s in lines]
+    return [table_cell(" ".join(s), width) for s in lines]

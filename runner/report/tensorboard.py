@@ -11,11 +11,9 @@ in its own colour and named in the legend, so a metric's chart sets every rung s
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
-from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
 
@@ -168,49 +166,24 @@ NARROWEST = 12  # the narrowest a column of text wraps to
 
 
 def samples_text(result: RunResult) -> dict[str, str]:
-    """Per task, the fine-tuned model's sample predictions as a Markdown table, with each input."""
-    prompts = read_prompts(result)
+    """Per task, the fine-tuned model's sample predictions as a Markdown table, with each input
+    (the prompt less the template lines every sample shares, as scoring kept it)."""
     out = {}
     for name, task in result.tasks.items():
         if not task.samples:
             continue
-        # The whole prompt when predictions.jsonl has it: its lines tell the template's from the row's.
-        inputs = shortened_inputs([prompts.get((name, s["row"])) or s.get("input", "") for s in task.samples])
         rows = [
-            [s["row"], text, table_cell(s["gold"]), table_cell(s["prediction"]), "✓" if s["correct"] else "✗"]
-            for s, text in zip(task.samples, inputs)
+            [
+                s["row"],
+                table_cell(s.get("input", ""), 100),
+                table_cell(s["gold"]),
+                table_cell(s["prediction"]),
+                "✓" if s["correct"] else "✗",
+            ]
+            for s in task.samples
         ]
         out[name] = to_markdown([tb_table(("table", ["row", "input", "gold", "prediction", "correct"], rows))], {})
     return out
-
-
-def read_prompts(result: RunResult) -> dict[tuple[str, int], str]:
-    """(task, row) -> the fine-tuned rung's prompt as scored, from the run's predictions.jsonl."""
-    path = Path(result.run_dir or ".") / "predictions.jsonl"
-    if not result.run_dir or not path.is_file():
-        return {}
-    out = {}
-    with path.open() as f:
-        for line in f:
-            r = json.loads(line)
-            if r.get("rung") == "fine_tuned" and "prompt" in r:
-                out[(r["task"], r["row"])] = r["prompt"]
-    return out
-
-
-def shortened_inputs(prompts: list[str], width: int = 100) -> list[str]:
-    """The prompts less the lines every one of them shares (the template's instructions first,
-    its answer cue last), each on one line of at most `width` characters."""
-    lines = [p.strip().splitlines() for p in prompts]
-    if len(lines) > 1:
-        head = 0
-        while all(len(s) > head + 1 and s[head] == lines[0][head] for s in lines):
-            head += 1
-        tail = 0
-        while all(len(s) > head + tail + 1 and s[-1 - tail] == lines[0][-1 - tail] for s in lines):
-            tail += 1
-        lines = [s[head : len(s) - tail] for s in lines]
-    return [table_cell(" ".join(s), width) for s in lines]
 
 
 def report_sections(result: RunResult) -> list[tuple[str, str]]:

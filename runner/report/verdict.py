@@ -128,7 +128,7 @@ def headline(where: str, words: str, best: str, delta: Delta | None, diff: float
         )
     return (
         f"**{where}no clear winner: the test rows cannot tell the fine-tuned model from {rival} on {words}.** "
-        "More test rows would decide it; until then the cheaper one is the safer choice."
+        f"More test rows would decide it; until then {rival}, which needs no fine-tuning, is the safer choice."
     )
 
 

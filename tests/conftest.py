@@ -76,10 +76,10 @@ def workdir(tmp_path: Path) -> Path:
     return make_workdir(tmp_path)
 
 
-def make_workdir(root: Path) -> Path:
+def make_workdir(root: Path, rows: int = 40) -> Path:
     (root / "data").mkdir()
     (root / "templates").mkdir()
-    write_jsonl(root / "data" / "sentiment.jsonl", sentiment_rows())
+    write_jsonl(root / "data" / "sentiment.jsonl", sentiment_rows(rows))
     (root / "templates" / "sentiment.jinja").write_text("Review: {{ text }}\nSentiment:\n|||\n{{ sentiment }}\n")
     write_spec(root / "spec.yaml", base_spec())
     return root

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT, base_spec, write_jsonl, write_spec
+from conftest import PROJECT, base_spec, make_workdir, write_jsonl, write_spec
 
 from runner.cli import main
 
@@ -39,13 +39,7 @@ def tensorboard_tags(run_dir: Path) -> set[str]:
 @pytest.fixture(scope="module")
 def classification_run(tmp_path_factory) -> tuple[Path, str]:
     """One real `runner run` on the tiny model, shared by the checks below."""
-    from conftest import sentiment_rows
-
-    root = tmp_path_factory.mktemp("cls")
-    (root / "data").mkdir()
-    (root / "templates").mkdir()
-    write_jsonl(root / "data" / "sentiment.jsonl", sentiment_rows(40))
-    (root / "templates" / "sentiment.jinja").write_text("Review: {{ text }}\nSentiment:\n|||\n{{ sentiment }}\n")
+    root = make_workdir(tmp_path_factory.mktemp("cls"))
     # Room for few-shot prompts: the byte-level tiny tokenizer spends a token per character.
     write_spec(root / "spec.yaml", base_spec(model={"source": "random-tiny", "max_length": 256}))
     assert main(["run", str(root / "spec.yaml")]) == 0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import base_spec, sentiment_rows, write_jsonl, write_spec
+from conftest import base_spec, make_workdir, write_jsonl, write_spec
 
 from runner.cli import main
 from runner.report import run_comparison
@@ -38,11 +38,7 @@ def one_run(root: Path, name: str, learning_rate: float, seed: int = SEED, train
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     """Two runs on the same rows (other learning rate and training seed) and one on another split."""
-    root = tmp_path_factory.mktemp("compare")
-    (root / "data").mkdir()
-    (root / "templates").mkdir()
-    write_jsonl(root / "data" / "sentiment.jsonl", sentiment_rows(60))
-    (root / "templates" / "sentiment.jinja").write_text("Review: {{ text }}\nSentiment:\n|||\n{{ sentiment }}\n")
+    root = make_workdir(tmp_path_factory.mktemp("compare"), rows=60)
     return {
         "slow": one_run(root, "slow", 1e-3),
         "fast": one_run(root, "fast", 3e-2, training_seed=3),

@@ -17,12 +17,9 @@ from runner.report.run_comparison import MAX_CHART_TASKS, RunInput, comparison_c
 from runner.report.task_blocks import RUNG_TITLES, RUNGS, with_ci
 from runner.results import METRICS, RunResult, to_json
 from runner.rundir.folder import write_json
+from runner.rundir.model_files import REPORT_MAX_BYTES
 from runner.spec.parse import read_spec_file
 from runner.spec.types import schema
-
-# A report holds metrics, a few sample rows and per-class tables: a few hundred KB with many
-# labels. 64 MiB is far above that and bounds what one compare reads per folder.
-REPORT_MAX_BYTES = 64 * 2**20
 
 
 def read_reports(run_dirs: list[Path]) -> list[RunResult]:

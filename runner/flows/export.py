@@ -28,7 +28,7 @@ from runner.model.sources import DEFAULT_MODEL, RANDOM_TINY
 from runner.report.model_card import BaseModel, Example, ExportInfo, model_card
 from runner.results import RunResult
 from runner.rundir.folder import CHANGED, writing
-from runner.rundir.model_files import load_run_model, read_inference, read_object
+from runner.rundir.model_files import REPORT_MAX_BYTES, load_run_model, read_inference, read_object
 from runner.terminal import printable
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -92,7 +92,6 @@ def check_target(run_dir: Path, out: Path, kind: str, merged: bool, dtype: str) 
         )
 
 
-REPORT_MAX_BYTES = 64 * 2**20  # runner's reports are kilobytes
 # What a report.json that is not runner's (damaged, hand-edited, hostile) raises while read or shown.
 UNREADABLE = (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError, RecursionError)
 

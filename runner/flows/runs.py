@@ -13,6 +13,7 @@ from pathlib import Path
 
 from runner.results import RunResult, TaskResult
 from runner.rundir.folder import rerun_command
+from runner.rundir.model_files import REPORT_MAX_BYTES
 from runner.terminal import printable
 
 ACTIVE = ("running",)
@@ -42,7 +43,6 @@ def describe(path: Path, root: Path, now: dt.datetime) -> dict:
 
 COLUMNS = ("run", "status", "age", "method", "result", "next")
 CELL_CHARS = {"run": 160, "result": 200, "next": 400}  # the longest cell shown; others 80
-REPORT_MAX_BYTES = 64 * 2**20  # runner's reports are kilobytes
 # What a report.json that is not runner's (damaged, hand-edited, hostile) raises while read.
 UNREADABLE = (OSError, ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError, RecursionError)
 

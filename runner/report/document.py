@@ -143,13 +143,8 @@ def training_notes(training: TrainingResult) -> list[str]:
     return notes
 
 
-STAGE_LABELS = (
-    ("prepare", "prepare_seconds"),
-    ("load model", "load_model_seconds"),
-    ("score base", "score_base_seconds"),
-    ("train", "train_seconds"),
-    ("score fine-tuned", "score_tuned_seconds"),
-)
+# The cost's stages (Cost.STAGES, in run order) as the report names them.
+STAGE_LABELS = tuple(zip(("prepare", "load model", "score base", "train", "score fine-tuned"), Cost.STAGES))
 
 
 def cost_blocks(cost: Cost) -> list[tuple]:

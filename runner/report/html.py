@@ -60,7 +60,7 @@ def to_html(blocks: list[tuple], images: dict[str, str], title: str) -> str:
             # A header sits over its column: right over numbers, left over text.
             first = block[2][0] if block[2] else []
             header = "".join(
-                f"<th{'' if i < len(first) and _td(first[i]).startswith('<td>') else ' class=t'}>{html.escape(str(c))}</th>"
+                f"<th{'' if i < len(first) and _numeric(first[i]) else ' class=t'}>{html.escape(str(c))}</th>"
                 for i, c in enumerate(block[1])
             )
             rows = "".join("<tr>" + "".join(_td(c) for c in row) + "</tr>" for row in block[2])
@@ -78,11 +78,15 @@ def to_html(blocks: list[tuple], images: dict[str, str], title: str) -> str:
     )
 
 
+def _numeric(cell) -> bool:
+    """Whether a cell holds a number (with or without an interval, a mark or a unit) or a dash."""
+    return bool(re.fullmatch(r"[-+−]?[\d.,]+%?( \[.*\])?( ✓)?( s| min| MB| GB)?|—", str(cell)))
+
+
 def _td(cell) -> str:
-    """A table cell: numbers (with or without an interval) right-aligned, text left-aligned."""
-    text = str(cell)
-    numeric = bool(re.fullmatch(r"[-+−]?[\d.,]+%?( \[.*\])?( ✓)?( s| min| MB| GB)?|—", text))
-    return f"<td>{html.escape(text)}</td>" if numeric else f'<td class="t">{html.escape(text)}</td>'
+    """A table cell: numbers right-aligned, text left-aligned."""
+    text = html.escape(str(cell))
+    return f"<td>{text}</td>" if _numeric(cell) else f'<td class="t">{text}</td>'
 
 
 def _inline(text: str) -> str:

@@ -26,18 +26,23 @@ def task_blocks(name: str, task: TaskResult, images: dict[str, str]) -> list[tup
         if "fine_tuned" in task.test and task.kind == "classification":
             blocks += fine_tuned_blocks(name, task.test, images)
     if task.samples:
-        rows = [
-            [
-                s["row"],
-                table_cell(s.get("input", ""), 100),
-                table_cell(s["gold"], 40),
-                table_cell(s["prediction"], 40),
-                "✓" if s["correct"] else "✗",
-            ]
-            for s in task.samples
-        ]
-        blocks.append(("table", ["row", "input", "gold", "prediction (fine-tuned)", ""], rows))
+        blocks.append(("table", ["row", "input", "gold", "prediction (fine-tuned)", ""], sample_rows(task.samples)))
     return blocks
+
+
+def sample_rows(samples: list[dict], answer_width: int = 40) -> list[list]:
+    """The fine-tuned model's sample predictions as table rows: row, input, gold, prediction, ✓/✗
+    (every cell one line; gold and prediction at most `answer_width` characters)."""
+    return [
+        [
+            s["row"],
+            table_cell(s.get("input", ""), 100),
+            table_cell(s["gold"], answer_width),
+            table_cell(s["prediction"], answer_width),
+            "✓" if s["correct"] else "✗",
+        ]
+        for s in samples
+    ]
 
 
 def data_blocks(task: TaskResult) -> list[tuple]:

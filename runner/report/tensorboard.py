@@ -17,9 +17,9 @@ import time
 
 from torch.utils.tensorboard import SummaryWriter
 
-from runner.report.cells import table_cell
 from runner.report.document import document
 from runner.report.html import to_markdown
+from runner.report.task_blocks import sample_rows
 from runner.results import RunResult
 from runner.spec.types import Spec
 
@@ -126,19 +126,23 @@ def hparams_session(writer, params: dict, metrics: dict[str, float]) -> None:
     from tensorboard.plugins.hparams import api_pb2, metadata
     from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData, SessionEndInfo, SessionStartInfo
 
-    numbers = {bool: api_pb2.DATA_TYPE_BOOL, int: api_pb2.DATA_TYPE_FLOAT64, float: api_pb2.DATA_TYPE_FLOAT64}
+    # A setting's Python type -> the plugin's data type and the field its value goes in.
+    kinds = {
+        bool: (api_pb2.DATA_TYPE_BOOL, "bool_value"),
+        int: (api_pb2.DATA_TYPE_FLOAT64, "number_value"),
+        float: (api_pb2.DATA_TYPE_FLOAT64, "number_value"),
+    }
+    text = (api_pb2.DATA_TYPE_STRING, "string_value")
     experiment = api_pb2.Experiment(
         hparam_infos=[
             # An experiment's runs differ by variant: the tab then shows it among its first columns.
-            api_pb2.HParamInfo(
-                name=k, type=numbers.get(type(v), api_pb2.DATA_TYPE_STRING), differs=k == "variant" and bool(v)
-            )
+            api_pb2.HParamInfo(name=k, type=kinds.get(type(v), text)[0], differs=k == "variant" and bool(v))
             for k, v in params.items()
         ]
     )
     start = SessionStartInfo(start_time_secs=time.time())
     for key, value in params.items():
-        field = {bool: "bool_value", int: "number_value", float: "number_value"}.get(type(value), "string_value")
+        field = kinds.get(type(value), text)[1]
         setattr(start.hparams[key], field, value if field != "string_value" else str(value))
     for key in metrics:
         group, tag = key.split("/", 1)
@@ -172,16 +176,7 @@ def samples_text(result: RunResult) -> dict[str, str]:
     for name, task in result.tasks.items():
         if not task.samples:
             continue
-        rows = [
-            [
-                s["row"],
-                table_cell(s.get("input", ""), 100),
-                table_cell(s["gold"]),
-                table_cell(s["prediction"]),
-                "✓" if s["correct"] else "✗",
-            ]
-            for s in task.samples
-        ]
+        rows = sample_rows(task.samples, answer_width=80)  # the frame wraps them (tb_table)
         out[name] = to_markdown([tb_table(("table", ["row", "input", "gold", "prediction", "correct"], rows))], {})
     return out
 

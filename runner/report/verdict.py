@@ -13,7 +13,7 @@ import datetime as dt
 
 from runner.report.cells import count, duration, interval, memory, plural, share, signed
 from runner.report.sentences import probe_verdict
-from runner.report.task_blocks import RUNG_TITLES, RUNGS
+from runner.report.task_blocks import RUNG_TITLES, RUNGS, with_ci
 from runner.results import Delta, RunResult, TaskResult
 
 BASELINES = ("majority", "baseline_tfidf", "base_zero_shot", "base_few_shot")
@@ -87,16 +87,17 @@ def task_verdict(name: str, task: TaskResult, several: bool) -> list[tuple]:
         ]
     if not scored:
         text = (
-            f"**{where}fine-tuned {words} {with_interval(tuned, metric)}.** No baseline was scored "
+            f"**{where}fine-tuned {words} {with_ci(tuned, metric)}.** No baseline was scored "
             "(evaluation.baselines), so nothing here says whether fine-tuning was needed."
         )
         return [("p", text)]
     best = max(scored, key=lambda r: scored[r].value(metric))
     delta = task.deltas.get(f"fine_tuned - {best}", {}).get(metric)
-    text = upper_first(headline(where, words, best, delta, tuned.value(metric) - scored[best].value(metric)))
+    diff = tuned.value(metric) - scored[best].value(metric)
+    text = upper_first(headline(where, words, best, delta, diff))
     text += (
-        f" The fine-tuned model scores {with_interval(tuned, metric)} against {scored[best].value(metric):.3f} "
-        f"for the best baseline, {RUNG_TITLES[best]}: {difference(delta, tuned.value(metric) - scored[best].value(metric), tuned.n)}."
+        f" The fine-tuned model scores {with_ci(tuned, metric)} against {scored[best].value(metric):.3f} "
+        f"for the best baseline, {RUNG_TITLES[best]}: {difference(delta, diff, tuned.n)}."
     )
     if why:
         text += f" ({upper_first(why)}; accuracy {tuned.accuracy:.3f} vs {scored[best].accuracy:.3f}.)"
@@ -144,12 +145,6 @@ def difference(delta: Delta | None, diff: float, n: int | None) -> str:
         return f"{signed(diff)}"
     rows = f" on {plural(n, 'test row')}" if n else ""
     return f"{signed(delta.delta)} (paired 95% CI {interval(delta.ci95)}{rows})"
-
-
-def with_interval(rung, metric: str) -> str:
-    """A metric with its bootstrap interval, when it has one."""
-    ci = rung.ci95.get(metric)
-    return f"{rung.value(metric):.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
 
 def cost_line(result: RunResult) -> str:

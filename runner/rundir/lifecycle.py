@@ -15,7 +15,7 @@ from runner.evaluation.scoring import describe_data
 from runner.inputs import Inputs
 from runner.results import Cost, RunResult
 from runner.rundir.folder import input_fingerprints, rerun_command, write_run_header
-from runner.rundir.model_files import read_object
+from runner.rundir.model_files import REPORT_MAX_BYTES, read_object
 from runner.rundir.report_files import finish, start_report, write_report
 from runner.spec.types import Spec
 from runner.training.callbacks import STOP
@@ -75,9 +75,6 @@ def earlier_stages(run_dir: Path) -> dict[str, float]:
 def _seconds(value) -> bool:
     """A wall time as report.json keeps it: a number of seconds, not negative."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1e9
-
-
-REPORT_MAX_BYTES = 64 * 2**20  # runner writes report.json of a few hundred KB
 
 
 def _raise_interrupted(signum: int, frame) -> None:

@@ -99,6 +99,7 @@ def read_inference(run_dir: Path) -> dict:
 
 
 INFERENCE_MAX_BYTES = 16 * 2**20  # runner writes a few KB
+REPORT_MAX_BYTES = 64 * 2**20  # report.json: runner writes a few hundred KB at most
 JSON_MAX_BYTES = 256 * 2**20  # a model folder's JSON: tokenizer.json of a large vocabulary is tens of MB
 
 

@@ -4,8 +4,10 @@ the cheapest non-inferior run."""
 from __future__ import annotations
 
 
-def recommend(entries: dict, best: str | None, margin: float, n_rows: int, base: dict | None = None) -> dict:
-    """Which variant to use, and why, in one sentence.
+def recommend(
+    entries: dict, best: str | None, margin: float, n_rows: int, base: dict | None = None, noun: str = "variant"
+) -> dict:
+    """Which variant to use, and why, in one sentence that calls the entries `noun` (compare: "run").
 
     Against the best variant (highest mean), each other variant's paired 95% interval is:
     above -margin (non-inferior: as good, within the margin), entirely below zero and below
@@ -50,9 +52,9 @@ def recommend(entries: dict, best: str | None, margin: float, n_rows: int, base:
         others = [n for n in verdicts]
         worse = [n for n, v in verdicts.items() if v == "worse"]
         if len(worse) == len(others):
-            why = f"every other variant is measurably worse ({_deltas(done, worse)})"
+            why = f"every other {noun} is measurably worse ({_deltas(done, worse)})"
         else:
-            why = f"no cheaper variant is within {points} of it ({_deltas(done, others)})"
+            why = f"no cheaper {noun} is within {points} of it ({_deltas(done, others)})"
         sentence = f"Use {best}: it scored highest ({_score(b)}) and {why}.{_forgetting_words(e, ending=False)}"
     else:
         lo, hi = e["delta_ci95"]

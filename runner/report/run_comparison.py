@@ -298,22 +298,11 @@ def verdict(entry: dict, settings: dict) -> dict:
             "and their predictions.jsonl are intact."
         )
         return {"verdict": "not paired", "sentence": sentence}
-    # Labels come from run folders and could hold any word: recommend() sees placeholders, so
-    # that its wording ("variant" -> "run") changes and the names do not.
-    tokens = {label: f"\x00{i}\x00" for i, label in enumerate(entry["paired"])}
-    entries = {tokens[label]: entry["runs"][label] for label in entry["paired"]}
-    out = recommend(entries, tokens[entry["best"]], settings["margin"], entry["test_rows"], entry["base"])
-
-    def named(text: str) -> str:
-        text = text.replace("variant", "run")
-        for label, token in tokens.items():
-            text = text.replace(token, label)
-        return text
-
-    result = {"verdict": out["verdict"], "sentence": named(out["sentence"])}
-    result["verdicts"] = {named(k): v for k, v in out.get("verdicts", {}).items()}
+    paired = {label: entry["runs"][label] for label in entry["paired"]}
+    out = recommend(paired, entry["best"], settings["margin"], entry["test_rows"], entry["base"], noun="run")
+    result = {"verdict": out["verdict"], "sentence": out["sentence"], "verdicts": out.get("verdicts", {})}
     if "variant" in out:
-        result["use"] = named(out["variant"])
+        result["use"] = out["variant"]
     return result
 
 

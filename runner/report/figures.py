@@ -14,7 +14,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from runner.report.cells import table_cell
-from runner.report.task_blocks import top_confusions
+from runner.report.task_blocks import MAX_MATRIX_LABELS, top_confusions
 from runner.report.verdict import METRIC_WORDS, lead_metric
 from runner.results import ProbeResult, RungResult, RunResult, TaskResult
 
@@ -89,24 +89,21 @@ def ladder_chart(task_name: str, tests: dict[str, RungResult], metric: str) -> F
 
 
 MAX_INCHES = 14.0  # the confusion heatmap's largest side
-MAX_ANNOTATED = 20  # labels up to which each cell shows its count
 
 
 def confusion_heatmap(task_name: str, confusion: dict) -> Figure:
-    """The fine-tuned model's confusion matrix (gold rows, predicted columns) with counts in the cells."""
+    """The fine-tuned model's confusion matrix (gold rows, predicted columns) with counts in the
+    cells; up to MAX_MATRIX_LABELS labels (past them, top_confusions_chart)."""
     labels, matrix = confusion["labels"], confusion["matrix"]
     n = len(labels)
-    # Bounded by the page, not the label count: 77 labels once drew an 87-inch figure with 5,929
-    # numbers for a minute and a half. Past MAX_ANNOTATED labels the colours carry the counts.
     fig, ax = plt.subplots(figsize=(min(1.1 * n + 2.2, MAX_INCHES), min(1.0 * n + 1.6, MAX_INCHES)))
     image = ax.imshow(matrix, cmap="Blues")
-    ticks = {} if n <= MAX_ANNOTATED else {"fontsize": max(3, 240 // n)}
-    ax.set_xticks(range(n), labels, rotation=30 if n <= MAX_ANNOTATED else 90, ha="right", **ticks)
-    ax.set_yticks(range(n), labels, **ticks)
+    ax.set_xticks(range(n), labels, rotation=30, ha="right")
+    ax.set_yticks(range(n), labels)
     ax.set_xlabel("predicted")
     ax.set_ylabel("gold")
     top = max((max(row) for row in matrix), default=0)
-    for i, row in enumerate(matrix if n <= MAX_ANNOTATED else []):
+    for i, row in enumerate(matrix):
         for j, value in enumerate(row):
             ax.text(j, i, str(value), ha="center", va="center", color="white" if value > top / 2 else "black")
     ax.set_title(f"{task_name}: confusion (fine-tuned)")
@@ -116,7 +113,7 @@ def confusion_heatmap(task_name: str, confusion: dict) -> Figure:
 
 
 def top_confusions_chart(task_name: str, confusion: dict) -> Figure:
-    """Past MAX_ANNOTATED labels: the most frequent mistakes as bars (gold → predicted), which a
+    """Past MAX_MATRIX_LABELS labels: the most frequent mistakes as bars (gold → predicted), which a
     reader can act on; a 77×77 matrix is a moiré of colours."""
     pairs = top_confusions(confusion["labels"], confusion["matrix"])
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.32 * max(len(pairs), 1)))
@@ -277,7 +274,8 @@ def task_figures(name: str, task: TaskResult) -> dict[str, Figure]:
         figures[f"ladder_{name}"] = ladder_chart(name, tests, lead_metric(task)[0])
     ft = tests.get("fine_tuned")
     if ft and ft.confusion_matrix is not None:
-        many = len(ft.confusion_matrix["labels"]) > MAX_ANNOTATED
+        # A 77x77 matrix once drew an 87-inch figure with 5,929 numbers for a minute and a half.
+        many = len(ft.confusion_matrix["labels"]) > MAX_MATRIX_LABELS
         chart = top_confusions_chart if many else confusion_heatmap
         figures[f"confusion_{name}"] = chart(name, ft.confusion_matrix)
     if ft and ft.calibration and ft.calibration.get("bins"):

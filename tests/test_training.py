@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -326,3 +328,29 @@ def test_trimming_the_allocator_returns_freed_pages_between_live_blocks():
     out = subprocess.run([sys.executable, "-c", TRIM_PROBE], capture_output=True, text=True, check=True).stdout
     before, after, trimmed = out.split()
     assert trimmed == "True" and float(before) - float(after) > 150  # of the 270 MB freed
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+@pytest.mark.parametrize("bounded", [False, True])
+def test_bounded_allocator_returns_freed_activations_to_the_system(bounded):
+    """Tensors freed while a later one is alive stay in glibc's heap by default (the process
+    keeps their memory); inside training_allocator each large tensor is its own mapping, unmapped
+    when freed. Run in a fresh interpreter: the setting is per process."""
+    code = f"""
+import torch
+import contextlib
+from runner.training.memory import training_allocator
+def rss():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS")) / 1024
+warm = torch.ones(1 << 19); del warm  # default glibc: the first free raises its mmap threshold
+with training_allocator() if {bounded} else contextlib.nullcontext():
+    start = rss()
+    tensors = [torch.ones(3 << 17) for _ in range(200)]  # 200 x 1.5 MB
+    pinned = torch.ones(3 << 17)  # allocated last: on the heap it pins every block below it
+    del tensors
+    print(round(rss() - start))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    kept_mb = int(done.stdout.split()[-1])
+    assert (kept_mb < 50) if bounded else (kept_mb > 200), kept_mb

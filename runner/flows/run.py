@@ -57,7 +57,7 @@ from runner.rundir.ranks import (
 )
 from runner.rundir.report_files import finish, write_report
 from runner.spec.types import Spec
-from runner.training.memory import peak_rss_mb, trim_allocator
+from runner.training.memory import peak_rss_mb, training_allocator, trim_allocator
 from runner.training.module import FineTuner
 from runner.training.setup import make_datamodule, prepared_model, quiet_libraries, run_header, trainable_module
 from runner.training.trainer import FitResult, fit, load_weights
@@ -196,6 +196,7 @@ def train(
             with timed(result, "score_base_seconds"):
                 score_base(evaluator, scoring)
             write_report(run_dir, result)
+            trim_allocator()  # scoring's freed buffers back to the system before training's activations
 
     # Then the method (which parameters train), then the module that hands the optimizer
     # exactly those parameters, then fit.
@@ -203,8 +204,8 @@ def train(
     module = trainable_module(model, spec, inputs.tasks, evaluator)
     if rank_zero:
         record_parameters(result.cost, spec, model, len(datamodule.train_dataloader()), run_dir)
-    fitted, trainer = fit(module, datamodule, spec, run_dir, resume_from)
-    trim_allocator()  # training's freed activations back to the system before scoring adds its own
+    with training_allocator():  # activations mapped apart and freed back to the system
+        fitted, trainer = fit(module, datamodule, spec, run_dir, resume_from)
     if not trainer.is_global_zero:
         return  # evaluation and the report are rank 0's
     if trainer.received_sigterm:  # Lightning stopped fit on SIGTERM; the run did not finish

@@ -156,6 +156,7 @@ class ProbeResult:
     excludes_zero: bool | None = None
     value: float | None = None
     tokens: int | None = None
+    second: dict | None = None  # {"metric", "value"}: a one-model probe's second number (text: drift)
 
     PAIRED: ClassVar[tuple[str, ...]] = (
         "before",

@@ -10,7 +10,7 @@ from runner.data.encode import Encoder, collate
 from runner.data.examples import Example
 from runner.evaluation.evaluator import Evaluator
 from runner.evaluation.metrics import classification_metrics, normalize_answer
-from runner.model.forward import completion_logprobs
+from runner.model.forward import completion_logprobs, generate
 from runner.model.tiny import random_tiny
 
 
@@ -82,6 +82,60 @@ def test_label_scoring_picks_the_most_likely_label():
             single = evaluator.sequence_logprobs([row])[0]
             assert scores[i, j] == pytest.approx(float(single), abs=1e-4)
     assert model.training  # evaluation restores the train/eval mode it found
+
+
+def varied_tiny(seed: int):
+    """random-tiny with larger random weights: its greedy answers vary token to token (the
+    plain one repeats one token), so answers of different lengths can be made."""
+    model, tokenizer = random_tiny(seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=generator) * 2 / p.shape[1] ** 0.5)
+    return model, tokenizer
+
+
+@pytest.mark.parametrize("kind", ["plain", "prompt_tuning", "repetition_penalty"])
+def test_generate_gives_the_answers_of_hf_generate(kind):
+    """Evaluator.generate (batches of ragged prompts, ended rows dropped) gives the answers Hugging
+    Face's generate gives one prompt at a time, in the order of the prompts; with an end token
+    that some answers reach early and some never do. A generation config that `greedy` does not
+    apply (a repetition penalty) keeps generate's own loop."""
+    model, tokenizer = varied_tiny(seed=0)
+    if kind == "prompt_tuning":
+        from peft import PromptTuningConfig, get_peft_model
+
+        model = get_peft_model(model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3))
+    if kind == "repetition_penalty":
+        model.generation_config.repetition_penalty = 1.5
+    model.eval()
+    encoder = Encoder(tokenizer, max_length=128, chat_template=False)  # no prompt is cut
+    prompts = [encoder.prompt_ids(f"question {k}: " + "why is the sky blue? " * (k * 7 % 5)) for k in range(7)]
+    steps = 8
+
+    def hf_answers() -> list[list[int]]:
+        # forward.generate: model.generate, from embeddings with the virtual tokens in front for
+        # prompt tuning (peft's own generate continues those inconsistently with its forward).
+        answers = []
+        for p in prompts:
+            ids = torch.tensor([p])
+            settings = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+            with torch.no_grad():
+                out = generate(model, ids, torch.ones_like(ids), max_new_tokens=steps, do_sample=False, **settings)
+            answers.append(out[0].tolist())
+        return answers
+
+    # The end token: one that some answers give before their last step and some never give.
+    first = hf_answers()
+    end = next(t for t in (a[1] for a in first) if 0 < sum(t in a[:-1] for a in first) < len(first))
+    tokenizer.eos_token = tokenizer.convert_ids_to_tokens(end)
+    expected = hf_answers()
+    assert any(len(a) < steps for a in expected) and any(len(a) == steps and end not in a for a in expected)
+    evaluator = Evaluator(model, encoder, batch_size=3, max_new_tokens=steps, device=torch.device("cpu"))
+    answers = evaluator.generate(prompts)
+    assert answers == [tokenizer.decode(a, skip_special_tokens=True).strip() for a in expected]
+    assert len(set(answers)) > 1
 
 
 def test_scores_go_through_the_models_own_forward():

@@ -54,6 +54,7 @@ def probe_workdir(workdir):
         {"name": "gen", "kind": "generation", "data": "data/gen.jsonl", "template": "gen.jinja"},
         {"name": "ppl", "kind": "perplexity", "data": "data/prose.txt", "max_tokens": 400},
         {"name": "drift", "kind": "drift", "data": "data/prose.txt", "max_tokens": 200},
+        {"name": "text", "kind": "text", "data": "data/prose.txt", "max_tokens": 400},
     ]
     raw = base_spec()
     raw["evaluation"]["forgetting"] = probes
@@ -155,12 +156,12 @@ def test_builtin_general_suite_is_complete(workdir):
     raw["evaluation"]["forgetting"] = ["general"]
     spec = load_spec(write_spec(workdir / "g.yaml", raw))
     probes = {p.name: load_probe(p) for p in spec.evaluation.forgetting}
-    assert {p.probe.kind for p in probes.values()} == {"multiple_choice", "generation", "perplexity", "drift"}
+    assert {p.probe.kind for p in probes.values()} == {"multiple_choice", "generation", "text"}
     mc = probes["general_mc"]
     assert len(mc.prompts) >= 200 and all(len(c) == 4 for c in mc.choices)
     assert sorted(set(mc.gold)) == [0, 1, 2, 3]
     assert len(probes["general_instructions"].prompts) >= 50
-    assert len(probes["general_perplexity"].text.split()) >= 15000  # > 20,000 tokens with a subword tokenizer
+    assert len(probes["general_text"].text.split()) >= 15000  # > 20,000 tokens with a subword tokenizer
 
 
 def test_forgetting_section_end_to_end(workdir):
@@ -169,13 +170,23 @@ def test_forgetting_section_end_to_end(workdir):
     run_dir = next((workdir / "runs" / "tiny").iterdir())
     report = json.loads((run_dir / "report.json").read_text())
     forgetting = report["forgetting"]
-    assert set(forgetting) == {"mc", "gen", "ppl", "drift"}
+    assert set(forgetting) == {"mc", "gen", "ppl", "drift", "text"}
     mc = forgetting["mc"]
     assert mc["metric"] == "acc" and mc["delta"] == pytest.approx(mc["after"] - mc["before"], abs=1e-4)
     assert len(mc["delta_ci95"]) == 2 and "acc_norm" in mc["details_after"]
     ppl = forgetting["ppl"]
     assert ppl["retention"] == pytest.approx(ppl["before"] / ppl["after"], rel=1e-3)
     assert forgetting["drift"]["value"] > 0 and forgetting["drift"]["kind"] == "drift"
+    # The text kind: the perplexity probe's numbers on the same text, with a paired interval on
+    # the change, and the drift from the base measured on its tuned pass.
+    text = forgetting["text"]
+    assert text["before"] == pytest.approx(ppl["before"], rel=1e-3) and text["after"] == pytest.approx(
+        ppl["after"], rel=1e-3
+    )
+    low, high = text["delta_ci95"]
+    assert low <= text["delta"] <= high
+    assert text["second"]["metric"] == "kl_per_token" and text["second"]["value"] > 0
+    assert "next-token drift" in report["forgetting_summary"]
     assert report["forgetting_summary"].endswith(".")
     assert 'alt="retention per forgetting probe"' in (run_dir / "report.html").read_text()
 
@@ -277,3 +288,70 @@ def test_next_token_probe_is_paired_before_and_after_in_a_run(workdir):
     entry = json.loads(report_path.read_text())["forgetting"]["top"]
     assert entry["kind"] == "next_token" and entry["metric"] == "top1" and entry["higher_is_better"] is True
     assert 0 <= entry["before"] <= 1 and 0 <= entry["after"] <= 1 and len(entry["delta_ci95"]) == 2
+
+
+def test_text_probe_gives_perplexity_top1_and_the_drift_from_one_pass_per_model(workdir):
+    """One pass per model: the base pass's perplexity and top-1 equal the perplexity and
+    next_token kinds' on the same windows; the tuned pass's drift (top tokens exact, the rest
+    estimated from seeded draws) is near the full-vocabulary KL, exact when the top tokens are
+    the whole vocabulary, zero for the base against itself, and the same on a second pass."""
+    from runner.evaluation import probes as probes_module
+    from runner.evaluation.probes import next_token, perplexity, text
+
+    (workdir / "data" / "prose.txt").write_text("The quick brown fox jumps over the lazy dog. " * 12)
+    raw = base_spec()
+    raw["evaluation"]["forgetting"] = [{"name": "t", "kind": "text", "data": "data/prose.txt"}]
+    data = load_probe(load_spec(write_spec(workdir / "t.yaml", raw)).evaluation.forgetting[0])
+    base, tuned = tiny_evaluator(seed=0, max_length=40), tiny_evaluator(seed=1, max_length=40)
+    metrics, items = text(base, data)
+    assert metrics["perplexity"] == pytest.approx(perplexity(base, data)[0]["perplexity"], rel=1e-4)
+    assert metrics["top1"] == pytest.approx(
+        float((next_token(base, data)[1] * items["tokens"]).sum() / items["tokens"].sum()), abs=1e-6
+    )
+    assert "kl_per_token" not in metrics  # no base items: nothing to measure drift against
+    assert text(base, data, items)[0]["kl_per_token"] == pytest.approx(0.0, abs=1e-4)
+    exact = drift(base, tuned, data)["kl_per_token"]
+    estimate = text(tuned, data, items)[0]["kl_per_token"]
+    assert estimate == pytest.approx(exact, rel=0.1)
+    assert torch.equal(text(base, data)[1]["kept_ids"], items["kept_ids"])  # seeded draws
+    vocab = len(base.encoder.tokenizer)
+    original = probes_module.TOP_K
+    try:
+        probes_module.TOP_K = vocab  # every token kept: nothing drawn, the KL exact
+        full_items = text(base, data)[1]
+        assert full_items["kept_ids"].shape[-1] == vocab
+        assert text(tuned, data, full_items)[0]["kl_per_token"] == pytest.approx(exact, rel=2e-3)
+    finally:
+        probes_module.TOP_K = original
+
+
+def test_scoring_batches_are_bounded_by_rows_and_by_padded_tokens():
+    from runner.evaluation.evaluator import token_batches
+
+    lengths = [10, 10, 10, 10, 300, 300, 5000]
+    batches = token_batches(list(range(7)), lengths, rows=3, tokens=700)
+    # Three rows at most; 2 x 300 padded tokens fit in 700, 3 x 300 do not; a longer row goes alone.
+    assert batches == [[0, 1, 2], [3, 4], [5], [6]]
+    assert sorted(i for b in batches for i in b) == list(range(7))
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager", "copies"])
+def test_candidates_sharing_prefixes_score_as_their_own_full_sequences(attention, monkeypatch):
+    """Labels that share leading tokens go through one pass as a prefix tree (a custom 4-D mask:
+    boolean for SDPA, additive for eager attention) or, where attention takes no such mask, on
+    copies of the prompt's keys/values: every way gives each label the log-likelihood of its own
+    full sequence, prompts of different lengths batched together."""
+    from runner.evaluation import evaluator as evaluator_module
+
+    evaluator = tiny_evaluator(max_length=400, batch_size=3)  # byte tokens: no prompt is cut
+    if attention == "copies":
+        monkeypatch.setattr(evaluator_module, "tree_attention", lambda model: None)
+    else:
+        evaluator.model.config._attn_implementation = attention
+    enc = evaluator.encoder
+    labels = ("card arrival", "card linking", "card", "cash withdrawal charge", "cash", "top up")
+    prompts = [enc.prompt_ids(p) for p in ("Where is my card?", "Hi", "I was charged for taking out cash at an ATM.")]
+    scores = evaluator.label_scores(prompts, labels, add_eos=True)
+    for prompt, row in zip(prompts, scores):
+        rows = [enc.join(prompt, enc.completion_ids(label, add_eos=True)) for label in labels]
+        assert torch.allclose(row, evaluator.sequence_logprobs(rows), atol=1e-4), attention

@@ -12,11 +12,13 @@ import torch
 from runner.data.encode import Collator, Encoder
 from runner.data.examples import Example, TaskData
 from runner.data.truncation import Fitter
+from runner.evaluation.continuations import build_tree, score_tree, tree_attention, tree_size
 from runner.evaluation.metrics import classification_metrics, normalize_answer, token_f1
-from runner.model.forward import completion_logprobs, forward, generate, output_cache
+from runner.model.forward import completion_logprobs, forward, greedy, output_cache
 
 TEXT_WINDOWS = 2  # windows per forward pass for perplexity and drift
 CANDIDATE_ROWS = 4  # continuing candidate rows per prompt slot of a scoring batch (see candidate_scores)
+TREE_NODES = 1024  # candidate tree nodes in one scoring batch: ~100 MB of bf16 logits (a 49k vocabulary)
 
 
 @dataclass
@@ -88,15 +90,20 @@ class Evaluator:
         prompts = [p[-budget:] for p in prompts]
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         out: list[torch.Tensor] = [torch.empty(0)] * len(prompts)
-        # Each multi-token candidate continues on its own copy of its prompt's keys/values: with
-        # 77 labels a batch of 16 prompts is 1,232 rows, minutes of silence and gigabytes. The
-        # batch holds at most CANDIDATE_ROWS x batch_size continuing rows, so the bar moves and
-        # memory stays bounded; with a few labels this is the plain batch size.
-        continuing = max((sum(len(ids) > 1 for ids in cands) for cands in candidates), default=0)
-        step = max(1, min(self.batch_size, CANDIDATE_ROWS * self.batch_size // max(continuing, 1)))
+        # Multi-token candidates continue in a second pass, as a tree of their distinct prefixes
+        # (continuations.py) or, where attention takes no custom mask, on copies of the prompt's
+        # keys/values. With 77 labels a batch of 16 prompts is ~2,000 tree nodes or 1,232 rows
+        # with a copy each, gigabytes of logits or keys/values and minutes of silence: a batch
+        # holds at most TREE_NODES nodes or CANDIDATE_ROWS x batch_size rows, so the bar moves
+        # and memory stays bounded; with a few labels this is the plain batch size.
+        if tree_attention(self.model) is not None:
+            nodes = max((tree_size(cands) for cands in candidates), default=0)
+            step = max(1, min(self.batch_size, TREE_NODES // max(nodes, 1)))
+        else:
+            continuing = max((sum(len(ids) > 1 for ids in cands) for cands in candidates), default=0)
+            step = max(1, min(self.batch_size, CANDIDATE_ROWS * self.batch_size // max(continuing, 1)))
         with self._inference(), self.progress(len(order)) as bar:
-            for start in range(0, len(order), step):
-                idx = order[start : start + step]
+            for idx in token_batches(order, [len(p) for p in prompts], step):
                 scores = self._score_continuations([prompts[i] for i in idx], [candidates[i] for i in idx])
                 for i, s in zip(idx, scores):
                     out[i] = s
@@ -122,35 +129,25 @@ class Evaluator:
         scores = torch.stack([first[i, c[0]] for i, c in zip(owner, flat)])
         # Only candidates longer than one token continue past the prompt (labels are often one
         # token each: then the prompt's own forward scored them all).
-        longer = [j for j, c in enumerate(flat) if len(c) > 1]
-        if longer:
-            steps = max(len(flat[j]) for j in longer) - 1
-            # The rest of each such candidate's tokens, fed after its own prompt's cached keys/values.
-            inputs = torch.full((len(longer), steps), pad, dtype=torch.long)
-            targets = torch.full((len(longer), steps), -1, dtype=torch.long)
-            for row, j in enumerate(longer):
-                tokens = flat[j]
-                inputs[row, : len(tokens) - 1] = torch.tensor(tokens[:-1])
-                targets[row, : len(tokens) - 1] = torch.tensor(tokens[1:])
-            inputs, targets = inputs.to(self.device), targets.to(self.device)
-            rows = torch.tensor([owner[j] for j in longer], device=self.device)
-            cache = output_cache(prompt_out)
-            cache.batch_select_indices(rows)
-            full_mask = torch.cat([mask[rows], torch.ones_like(inputs)], dim=1)
-            cont_positions = mask.sum(-1, keepdim=True)[rows] + torch.arange(steps, device=self.device)
-            logits = forward(
-                self.model,
-                input_ids=inputs,
-                attention_mask=full_mask,
-                position_ids=cont_positions,
-                cache=cache,
-                use_cache=True,
-            ).logits
-            valid = targets >= 0
-            logprobs = torch.log_softmax(logits[valid].float(), dim=-1)
-            picked = logprobs.gather(-1, targets[valid].unsqueeze(-1)).squeeze(-1)
-            flat_index = torch.tensor(longer, device=self.device)[valid.nonzero()[:, 0]]
-            scores = scores.index_add(0, flat_index, picked)
+        if any(len(c) > 1 for c in flat):
+            kind = tree_attention(self.model)
+            if kind is not None:
+                tree = build_tree(candidates, pad)
+
+                def after_prompts(input_ids, attention_mask, position_ids):
+                    cache = output_cache(prompt_out)
+                    return forward(
+                        self.model,
+                        input_ids=input_ids,
+                        attention_mask=attention_mask,
+                        position_ids=position_ids,
+                        cache=cache,
+                        use_cache=True,
+                    ).logits
+
+                scores = scores + score_tree(after_prompts, mask, tree, kind, len(flat))
+            else:
+                scores = self._score_on_copies(scores, flat, owner, mask, prompt_out)
         scores = scores.float().cpu()
         out, start = [], 0
         for cands in candidates:
@@ -158,15 +155,46 @@ class Evaluator:
             start += len(cands)
         return out
 
+    def _score_on_copies(self, scores, flat, owner, mask, prompt_out) -> torch.Tensor:
+        """The rest of each multi-token candidate, fed after its own copy of its prompt's cached
+        keys/values: for attention that takes no custom mask (see continuations.py)."""
+        pad = self.encoder.tokenizer.pad_token_id
+        longer = [j for j, c in enumerate(flat) if len(c) > 1]
+        steps = max(len(flat[j]) for j in longer) - 1
+        inputs = torch.full((len(longer), steps), pad, dtype=torch.long)
+        targets = torch.full((len(longer), steps), -1, dtype=torch.long)
+        for row, j in enumerate(longer):
+            tokens = flat[j]
+            inputs[row, : len(tokens) - 1] = torch.tensor(tokens[:-1])
+            targets[row, : len(tokens) - 1] = torch.tensor(tokens[1:])
+        inputs, targets = inputs.to(self.device), targets.to(self.device)
+        rows = torch.tensor([owner[j] for j in longer], device=self.device)
+        cache = output_cache(prompt_out)
+        cache.batch_select_indices(rows)
+        full_mask = torch.cat([mask[rows], torch.ones_like(inputs)], dim=1)
+        cont_positions = mask.sum(-1, keepdim=True)[rows] + torch.arange(steps, device=self.device)
+        logits = forward(
+            self.model,
+            input_ids=inputs,
+            attention_mask=full_mask,
+            position_ids=cont_positions,
+            cache=cache,
+            use_cache=True,
+        ).logits
+        valid = targets >= 0
+        logprobs = torch.log_softmax(logits[valid].float(), dim=-1)
+        picked = logprobs.gather(-1, targets[valid].unsqueeze(-1)).squeeze(-1)
+        flat_index = torch.tensor(longer, device=self.device)[valid.nonzero()[:, 0]]
+        return scores.index_add(0, flat_index, picked)
+
     def sequence_logprobs(self, rows: list[dict], batch_size: int | None = None) -> torch.Tensor:
         """Summed completion log-probability of each encoded row (the plain reference path)."""
         collator = Collator(self.encoder.tokenizer.pad_token_id)
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
         out = torch.empty(len(rows))
-        step = batch_size or self.batch_size
+        lengths = [len(r["input_ids"]) for r in rows]
         with self._inference(), self.progress(len(order)) as bar:
-            for start in range(0, len(order), step):
-                idx = order[start : start + step]
+            for idx in token_batches(order, lengths, batch_size or self.batch_size):
                 batch = {k: v.to(self.device) for k, v in collator([rows[i] for i in idx]).items()}
                 out[idx] = completion_logprobs(self.model, batch).float().cpu()
                 bar.update(len(idx))
@@ -175,7 +203,13 @@ class Evaluator:
     # --- generation ----------------------------------------------------------------------
 
     def generate(self, prompts: list[list[int]]) -> list[str]:
-        """Greedy answers, decoded without special tokens."""
+        """Greedy answers, decoded without special tokens, in the order of `prompts`.
+
+        An answer that has ended leaves its batch (`greedy`): the same answers, sooner. Batches
+        are the prompts in their given order, not sorted by length as for scoring: under bf16
+        autocast a row's padding changes its greedy answer now and then (8 of 32 ticket answers
+        on the default model), and a model's answers must not change with how runner batches.
+        """
         tokenizer = self.encoder.tokenizer
         prompts = [p[-self.encoder.max_length :] for p in prompts]
         answers = []
@@ -184,18 +218,17 @@ class Evaluator:
                 # Left padding, so every row's next token follows its own prompt.
                 ids, mask = left_pad(prompts[start : start + self.batch_size], tokenizer.pad_token_id)
                 with self._inference():
-                    new = generate(
+                    new = greedy(
                         self.model,
                         ids.to(self.device),
                         mask.to(self.device),
-                        max_new_tokens=self.max_new_tokens,
-                        do_sample=False,
-                        pad_token_id=tokenizer.pad_token_id,
+                        self.max_new_tokens,
                         eos_token_id=tokenizer.eos_token_id,
+                        pad_token_id=tokenizer.pad_token_id,
                     )
-                answers += tokenizer.batch_decode(new, skip_special_tokens=True)
+                answers += [text.strip() for text in tokenizer.batch_decode(new, skip_special_tokens=True)]
                 bar.update(ids.shape[0])
-        return [a.strip() for a in answers]
+        return answers
 
     # --- text: perplexity and drift ------------------------------------------------------
 
@@ -315,6 +348,24 @@ def generation_results(examples: list[Example], answers: list[str]) -> tuple[dic
 def row_identity(e: Example) -> dict:
     """What names a test row in predictions: its row number, id (tasks[].id_field), prompt and gold."""
     return {"row": e.row, **({"id": e.id} if e.id is not None else {}), "prompt": e.prompt, "gold": e.completion}
+
+
+SCORE_BATCH_TOKENS = 4096  # padded tokens in one scoring forward pass (see token_batches)
+
+
+def token_batches(order: list[int], lengths: list[int], rows: int, tokens: int = SCORE_BATCH_TOKENS) -> list[list[int]]:
+    """`order` (rows sorted by length, shortest first) cut into batches of at most `rows` rows and
+    `tokens` padded tokens (a single longer row goes alone): a batch of few-shot prompts or long
+    documents holds fewer rows than one of short prompts, so a scoring pass's memory is bounded
+    by tokens, not by evaluation.batch_size alone."""
+    batches: list[list[int]] = []
+    for i in order:
+        batch = batches[-1] if batches else None
+        if batch is None or len(batch) >= rows or (len(batch) + 1) * max(lengths[i], lengths[batch[-1]]) > tokens:
+            batches.append([i])
+        else:
+            batch.append(i)
+    return batches
 
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -158,7 +158,7 @@ def _probe_before(
     if (
         hit is not None
         and isinstance(hit.get("metrics"), dict)
-        and isinstance(hit.get("items"), (torch.Tensor, type(None)))
+        and isinstance(hit.get("items"), (torch.Tensor, dict, type(None)))
     ):
         scoring.cached[f"probe {p.probe.name}"] = key
         return {**hit["metrics"], "cached": key}, hit["items"]
@@ -207,7 +207,8 @@ def score_tuned(evaluator: Evaluator, base: Evaluator, scoring: Scoring) -> None
         for p in scoring.probes:
             if PROBES[p.probe.kind].score is not None:
                 with evaluator.describing(f"fine-tuned, probe {p.probe.name}"):
-                    scoring.probes_after[p.probe.name] = run_probe(evaluator, p)
+                    before = scoring.probes_before.get(p.probe.name, (None, None))[1]
+                    scoring.probes_after[p.probe.name] = run_probe(evaluator, p, before)
     for p in scoring.probes:
         compare = PROBES[p.probe.kind].compare
         if compare is not None:
@@ -291,7 +292,17 @@ def summarize(scoring: Scoring) -> None:
         kind = kind_of(spec, name)
         probe = PROBES[kind]
         forgetting[name] = forgetting_entry(
-            kind, probe.headline, probe.higher_is_better, before, after, items_before, items_after, samples, spec.seed
+            kind,
+            probe.headline,
+            probe.higher_is_better,
+            before,
+            after,
+            items_before,
+            items_after,
+            samples,
+            spec.seed,
+            paired=probe.paired,
+            second=probe.second,
         )
     for name, found in scoring.compared.items():
         # A two-model probe's entry: its headline number as `value`, the rest as it came.

@@ -80,6 +80,73 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: to
     return out[:, input_ids.shape[1] :]
 
 
+# Generation-config fields that leave greedy decoding as `greedy` does it: special tokens (the
+# end tokens passed to `generate` override the config's), sampling settings do_sample=False
+# ignores, and bookkeeping. Any other field (a repetition penalty, stop strings, beams) is
+# applied by `generate` alone, so such a model keeps `generate`.
+PLAIN_GENERATION = frozenset(
+    {
+        *("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "use_cache"),
+        *("do_sample", "temperature", "top_k", "top_p", "min_p", "typical_p", "max_length", "max_new_tokens"),
+        *("output_attentions", "output_hidden_states", "_from_model_config", "transformers_version"),
+    }
+)
+
+
+def greedy(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    max_new_tokens: int,
+    eos_token_id: int | list[int] | None,
+    pad_token_id: int | None,
+) -> list[list[int]]:
+    """Each left-padded prompt's greedy new tokens, the ones `generate(do_sample=False)` gives:
+    up to and including its first end token, else max_new_tokens of them.
+
+    `generate` computes every row until the slowest one ends; here a row that has ended leaves
+    the batch (its cached keys/values dropped), so the others run alone. `generate` pads ended
+    rows with pad_token_id, a special token that decoding skips: left out here. Prompt tuning's
+    virtual tokens are placed by `forward`, as for scoring.
+    """
+    config = getattr(causal_lm(model), "generation_config", None)
+    if config is not None and not set(config.to_diff_dict()) <= PLAIN_GENERATION:
+        settings = {"do_sample": False, "pad_token_id": pad_token_id, "eos_token_id": eos_token_id}
+        return generate(model, input_ids, attention_mask, max_new_tokens=max_new_tokens, **settings).tolist()
+    rows = list(range(input_ids.shape[0]))  # the prompt each batch row belongs to
+    new: list[list[int]] = [[] for _ in rows]
+    ends = torch.tensor([] if eos_token_id is None else eos_token_id, device=input_ids.device).long().view(-1)
+    out = forward(model, keep=1, input_ids=input_ids, attention_mask=attention_mask, use_cache=True)
+    cache, mask = output_cache(out), attention_mask
+    position = attention_mask.sum(-1, keepdim=True)  # of the next token: after the prompt's real tokens
+    for step in range(max_new_tokens):
+        tokens = out.logits[:, -1].float().argmax(-1)
+        for row, token in zip(rows, tokens.tolist()):
+            new[row].append(token)
+        going = ~torch.isin(tokens, ends)
+        if step == max_new_tokens - 1 or not going.any():
+            break
+        if not going.all():
+            keep = going.nonzero()[:, 0]
+            cache.batch_select_indices(keep)
+            tokens, mask, position = tokens[keep], mask[keep], position[keep]
+            rows = [rows[i] for i in keep.tolist()]
+        # After a cached left-padded prompt: its mask plus ones for the tokens so far, and
+        # positions counted on from its real length (padding takes none), as generate counts them.
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        out = forward(
+            model,
+            keep=1,
+            input_ids=tokens[:, None],
+            attention_mask=mask,
+            position_ids=position,
+            cache=cache,
+            use_cache=True,
+        )
+        position = position + 1
+    return new
+
+
 def completion_token_losses(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token cross-entropy at completion positions, and the batch row each token belongs to.
 

@@ -209,6 +209,9 @@ def forgetting(reports: list[RunResult]) -> dict:
             "delta_ci95": first.delta_ci95 if len(entries) == 1 else None,
             "forgot": any(forgot(e) for e in entries),
         }
+        seconds = [e.second["value"] for e in entries if e.second]
+        if seconds:  # the text kind's drift, measured on the same pass
+            out[name]["second"] = {"metric": first.second["metric"], "value": round(statistics.fmean(seconds), 6)}
     return out
 
 

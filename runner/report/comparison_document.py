@@ -206,6 +206,9 @@ def _probe_cell(p: dict | None) -> str:
     ci = p.get("delta_ci95")
     text = f"{p['before']:.3f} → {p['after']:.3f} ({p['delta']:+.3f}"
     text += f", {ci[0]:+.3f}..{ci[1]:+.3f})" if ci else ")"
+    second = p.get("second")
+    if second:  # the text kind's drift beside its perplexity
+        text += f"; {'KL' if second['metric'] == 'kl_per_token' else second['metric']} {second['value']:.4f}"
     return text + (" forgot" if p.get("forgot") else "")
 
 

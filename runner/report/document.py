@@ -58,7 +58,7 @@ def model_sentence(model: dict) -> str:
 
 def forgetting_blocks(result: RunResult, images: dict[str, str]) -> list[tuple]:
     """The forgetting verdict and each probe's numbers before and after training."""
-    rows = [probe_row(name, e) for name, e in result.forgetting.items()]
+    rows = [row for name, e in result.forgetting.items() for row in probe_rows(name, e)]
     blocks: list[tuple] = [
         ("h2", "Catastrophic forgetting"),
         ("p", result.forgetting_summary or ""),
@@ -67,6 +67,15 @@ def forgetting_blocks(result: RunResult, images: dict[str, str]) -> list[tuple]:
     if "forgetting" in images:
         blocks.append(("img", "forgetting", "retention per forgetting probe"))
     return blocks
+
+
+def probe_rows(name: str, e: ProbeResult) -> list[list]:
+    """A probe's table rows: its headline, and the tuned pass's second number when it has one
+    (the text kind's drift: one number, shown as 'after' like a two-model probe's)."""
+    rows = [probe_row(name, e)]
+    if e.second:
+        rows.append([name, e.second["metric"], "—", f"{e.second['value']:.4f}", "—", "—", "—"])
+    return rows
 
 
 def probe_row(name: str, e: ProbeResult) -> list:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import yaml
 
 from runner.report.cells import table_cell
-from runner.report.document import probe_row
+from runner.report.document import probe_rows
 from runner.report.task_blocks import RUNG_TITLES, RUNGS, rung_title, with_ci
 from runner.results import RunResult, TaskResult
 from runner.terminal import printable
@@ -243,7 +243,7 @@ def forgetting_lines(result: RunResult) -> list[str]:
         ]
     if result.forgetting_summary:
         lines += [text_line(result.forgetting_summary, 2000), ""]
-    rows = [[span(row[0], 60), *row[1:]] for row in (probe_row(name, e) for name, e in result.forgetting.items())]
+    rows = [[span(row[0], 60), *row[1:]] for name, e in result.forgetting.items() for row in probe_rows(name, e)]
     return lines + table(["probe", "metric", "before", "after", "delta", "delta 95% CI", "retention"], rows)
 
 

@@ -39,7 +39,9 @@ def _probe_phrase(name: str, e: ProbeResult) -> str:
         return f"{name} {e.metric} is {e.value:.4f}"
     if e.metric == "perplexity":
         change = e.after / e.before - 1
-        return f"{name} perplexity {'rose' if change > 0 else 'fell'} {abs(change):.1%}"
+        ci = f" (95% CI {e.delta_ci95[0] / e.before:+.1%}..{e.delta_ci95[1] / e.before:+.1%})" if e.delta_ci95 else ""
+        drift = f", next-token drift {e.second['value']:.4f} nats/token" if _drift(e) is not None else ""
+        return f"{name} perplexity {'rose' if change > 0 else 'fell'} {abs(change):.1%}{ci}{drift}"
     ci = e.delta_ci95
     ci_text = f" (95% CI {ci[0]:+.3f}..{ci[1]:+.3f})" if ci else ""
     return f"{name} {e.metric} moved {e.delta:+.3f}{ci_text}"
@@ -54,7 +56,12 @@ def probe_verdict(e: ProbeResult) -> str:
         return "forgot"
     if e.metric == "perplexity" and e.after / e.before - 1 > PERPLEXITY_SHIFT:
         return "shifted"
-    return ""
+    return "shifted" if (_drift(e) or 0) > DRIFT_SHIFT else ""
+
+
+def _drift(e: ProbeResult) -> float | None:
+    """A one-model probe's drift from the base, when its tuned pass measured one (the text kind)."""
+    return e.second["value"] if e.second and e.second.get("metric") == "kl_per_token" else None
 
 
 def training_data_sentence(result: RunResult) -> str:

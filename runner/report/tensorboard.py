@@ -70,6 +70,8 @@ def final_scalars(result: RunResult) -> list[tuple[str, str, float]]:
         out += [(f"forgetting/{name}/{e.metric}", BEFORE, e.before), (f"forgetting/{name}/{e.metric}", AFTER, e.after)]
         if e.retention is not None:
             out.append((f"forgetting/{name}/retention", AFTER, e.retention))
+        if e.second:
+            out.append((f"forgetting/{name}/{e.second['metric']}", AFTER, e.second["value"]))
     return [(tag, run, value) for tag, run, value in out if value is not None]
 
 
@@ -82,6 +84,11 @@ def layout(result: RunResult) -> dict:
         charts[f"test: {name}"] = {f"{name} {k}": tag_chart(f"test/{name}/{k}") for k in keys}
     forgetting = result.forgetting or {}
     probes = {f"{name} {e.metric}": tag_chart(f"forgetting/{name}/{e.metric}") for name, e in forgetting.items()}
+    probes |= {
+        f"{name} {e.second['metric']}": tag_chart(f"forgetting/{name}/{e.second['metric']}")
+        for name, e in forgetting.items()
+        if e.second
+    }
     if probes:
         retention = ["Multiline", [r"^forgetting/[^/]+/retention$"]]
         charts["forgetting (before and after training)"] = {**probes, "retention (1 = unchanged)": retention}

@@ -166,12 +166,16 @@ def forgetting_entry(
     higher_is_better: bool,
     before: dict,
     after: dict,
-    items_before: torch.Tensor | None,
-    items_after: torch.Tensor | None,
+    items_before: torch.Tensor | dict | None,
+    items_after: torch.Tensor | dict | None,
     samples: int,
     seed: int,
+    paired=None,
+    second: str | None = None,
 ) -> ProbeResult:
-    """A one-model probe before and after, with a paired interval on the change when it scores items."""
+    """A one-model probe before and after, with a paired interval on the change when it scores
+    items (`paired(before, after, idx)`: the change for each resample of items; default the change
+    of the items' mean), and the tuned pass's `second` metric when it has one (the text kind's drift)."""
     b, a = before[metric], after[metric]
     entry = ProbeResult(
         kind=kind,
@@ -185,9 +189,15 @@ def forgetting_entry(
         details_after=after,
     )
     if items_before is not None and items_after is not None and samples > 0:
-        idx = resample_indices(len(items_before), samples, seed)
-        entry.delta_ci95 = interval(accuracy_samples(items_after, idx) - accuracy_samples(items_before, idx))
+        n = len(next(iter(items_before.values()))) if isinstance(items_before, dict) else len(items_before)
+        idx = resample_indices(n, samples, seed)
+        if paired is None:
+            entry.delta_ci95 = interval(accuracy_samples(items_after, idx) - accuracy_samples(items_before, idx))
+        else:
+            entry.delta_ci95 = interval(paired(items_before, items_after, idx))
         entry.excludes_zero = excludes_zero(entry.delta_ci95)
+    if second is not None and after.get(second) is not None:
+        entry.second = {"metric": second, "value": round(after[second], 6)}
     return entry
 
 

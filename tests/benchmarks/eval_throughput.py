@@ -194,11 +194,8 @@ def main() -> None:
     # c. generation: does it stop at the end-of-turn token?
     gen_prompts = [encoder.prompt_ids(e.prompt) for e in data.test[: args.gen_rows]]
     end_id = encoder.tokenizer.eos_token_id
-    generated = record_generated(evaluator.model, end_id)
-    try:
+    with record_generated(end_id) as generated:
         gen_s, answers = timed(evaluator, lambda: evaluator.generate(gen_prompts))
-    finally:
-        del evaluator.model.generate  # back to the class's method
     lengths = [n for n, _ in generated]
     stopped = sum(s for _, s in generated)
     end_token = encoder.tokenizer.convert_ids_to_tokens(end_id)
@@ -222,23 +219,31 @@ def main() -> None:
     )
 
 
-def record_generated(model: torch.nn.Module, end_id: int) -> list[tuple[int, bool]]:
-    """Wrap this model instance's `generate` to record, per answer, (generated tokens up to and
-    including the first end token, whether it stopped there). `Evaluator.generate` returns
-    decoded text without special tokens, which cannot say whether the model stopped."""
-    original, records = model.generate, []
+def record_generated(end_id: int):
+    """Wrap the greedy loop `Evaluator.generate` calls to record, per answer, (generated tokens up
+    to and including the first end token, whether it stopped there); a context manager that puts
+    the loop back. `Evaluator.generate` returns decoded text without special tokens, which cannot
+    say whether the model stopped."""
+    from runner.evaluation import evaluator as evaluator_module
 
-    def generate(*args, **kwargs):
-        out = original(*args, **kwargs)
-        new = out[:, kwargs["input_ids"].shape[1] :].cpu()
+    original, records = evaluator_module.greedy, []
+
+    def greedy(*args, **kwargs):
+        new = original(*args, **kwargs)
         for row in new:
-            ends = (row == end_id).nonzero()
-            # padding after an answer may reuse the end token (SmolLM2: pad == eos): the first one counts
-            records.append((int(ends[0]) + 1, True) if len(ends) else (len(row), False))
-        return out
+            ends = [i for i, token in enumerate(row) if token == end_id]
+            records.append((ends[0] + 1, True) if ends else (len(row), False))
+        return new
 
-    model.generate = generate
-    return records
+    @contextlib.contextmanager
+    def recording():
+        evaluator_module.greedy = greedy
+        try:
+            yield records
+        finally:
+            evaluator_module.greedy = original
+
+    return recording()
 
 
 if __name__ == "__main__":

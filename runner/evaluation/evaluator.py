@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 import sys
 from dataclasses import dataclass
@@ -96,7 +97,8 @@ class Evaluator:
         # with a copy each, gigabytes of logits or keys/values and minutes of silence: a batch
         # holds at most TREE_NODES nodes or CANDIDATE_ROWS x batch_size rows, so the bar moves
         # and memory stays bounded; with a few labels this is the plain batch size.
-        if tree_attention(self.model) is not None:
+        kind = tree_attention(self.model)
+        if kind is not None:
             nodes = max((tree_size(cands) for cands in candidates), default=0)
             step = max(1, min(self.batch_size, TREE_NODES // max(nodes, 1)))
         else:
@@ -104,7 +106,7 @@ class Evaluator:
             step = max(1, min(self.batch_size, CANDIDATE_ROWS * self.batch_size // max(continuing, 1)))
         with self._inference(), self.progress(len(order)) as bar:
             for idx in token_batches(order, [len(p) for p in prompts], step):
-                scores = self._score_continuations([prompts[i] for i in idx], [candidates[i] for i in idx])
+                scores = self._score_continuations([prompts[i] for i in idx], [candidates[i] for i in idx], kind)
                 for i, s in zip(idx, scores):
                     out[i] = s
                 bar.update(len(idx))
@@ -116,7 +118,9 @@ class Evaluator:
         label_ids = [self.encoder.completion_ids(label, add_eos=add_eos) for label in labels]
         return torch.stack(self.candidate_scores(prompts, [label_ids] * len(prompts)))
 
-    def _score_continuations(self, prompts: list[list[int]], candidates: list[list[list[int]]]) -> list[torch.Tensor]:
+    def _score_continuations(
+        self, prompts: list[list[int]], candidates: list[list[list[int]]], kind: str | None
+    ) -> list[torch.Tensor]:
         pad = self.encoder.tokenizer.pad_token_id
         # Left padding: every prompt ends in the last column, where its first candidate token is scored.
         ids, mask = left_pad(prompts, pad)
@@ -130,22 +134,9 @@ class Evaluator:
         # Only candidates longer than one token continue past the prompt (labels are often one
         # token each: then the prompt's own forward scored them all).
         if any(len(c) > 1 for c in flat):
-            kind = tree_attention(self.model)
-            if kind is not None:
-                tree = build_tree(candidates, pad)
-
-                def after_prompts(input_ids, attention_mask, position_ids):
-                    cache = output_cache(prompt_out)
-                    return forward(
-                        self.model,
-                        input_ids=input_ids,
-                        attention_mask=attention_mask,
-                        position_ids=position_ids,
-                        cache=cache,
-                        use_cache=True,
-                    ).logits
-
-                scores = scores + score_tree(after_prompts, mask, tree, kind, len(flat))
+            if kind is not None:  # tree_attention's answer: a custom 4-D mask is taken as given
+                after_prompts = functools.partial(self._after_prompts, output_cache(prompt_out))
+                scores = scores + score_tree(after_prompts, mask, build_tree(candidates, pad), kind, len(flat))
             else:
                 scores = self._score_on_copies(scores, flat, owner, mask, prompt_out)
         scores = scores.float().cpu()
@@ -173,19 +164,23 @@ class Evaluator:
         cache.batch_select_indices(rows)
         full_mask = torch.cat([mask[rows], torch.ones_like(inputs)], dim=1)
         cont_positions = mask.sum(-1, keepdim=True)[rows] + torch.arange(steps, device=self.device)
-        logits = forward(
-            self.model,
-            input_ids=inputs,
-            attention_mask=full_mask,
-            position_ids=cont_positions,
-            cache=cache,
-            use_cache=True,
-        ).logits
+        logits = self._after_prompts(cache, inputs, full_mask, cont_positions)
         valid = targets >= 0
         logprobs = torch.log_softmax(logits[valid].float(), dim=-1)
         picked = logprobs.gather(-1, targets[valid].unsqueeze(-1)).squeeze(-1)
         flat_index = torch.tensor(longer, device=self.device)[valid.nonzero()[:, 0]]
         return scores.index_add(0, flat_index, picked)
+
+    def _after_prompts(self, cache, input_ids, attention_mask, position_ids) -> torch.Tensor:
+        """Logits of tokens fed after the prompts' cached keys/values (`cache`, extended in place)."""
+        return forward(
+            self.model,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=True,
+        ).logits
 
     def sequence_logprobs(self, rows: list[dict], batch_size: int | None = None) -> torch.Tensor:
         """Summed completion log-probability of each encoded row (the plain reference path)."""

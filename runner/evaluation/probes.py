@@ -184,7 +184,7 @@ def text(evaluator: Evaluator, data: ProbeData, before: Items = None) -> tuple[d
     with evaluator.progress(len(windows), unit="window") as bar:
         for start in range(0, len(windows), TEXT_WINDOWS):  # full-vocabulary rows: a few windows at a time
             chunk = windows[start : start + TEXT_WINDOWS]
-            sizes = [len(w) - 1 for w in chunk]
+            sizes = sizes_of(chunk)
             logprobs = evaluator.next_token_logprobs(chunk).cpu()
             targets = torch.tensor([token for window in chunk for token in window[1:]])
             nll = -logprobs.gather(-1, targets[:, None]).squeeze(-1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -354,3 +355,134 @@ with training_allocator() if {bounded} else contextlib.nullcontext():
     assert done.returncode == 0, done.stderr
     kept_mb = int(done.stdout.split()[-1])
     assert (kept_mb < 50) if bounded else (kept_mb > 200), kept_mb
+
+
+ADAPTER_METHODS = {
+    "lora": lora_settings(dropout=0.0),
+    "ia3": {"target_modules": "all-linear", "feedforward_modules": ["up_proj", "down_proj"]},
+    "prompt_tuning": {"num_virtual_tokens": 4, "init": "random", "init_text": None},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(ADAPTER_METHODS))
+def test_frozen_weights_held_in_bf16_train_the_same_numbers_under_autocast(kind):
+    """Autocast casts every linear weight to bf16 for its matmul: holding the frozen ones in bf16
+    changes no loss and no adapter gradient, and the exact weights come back afterwards."""
+    import copy
+
+    from runner.model.methods import apply_method
+    from runner.model.precision import frozen_linears, hold_frozen_weights, restore_frozen_weights
+    from runner.spec.types import MethodSpec
+
+    model, tokenizer = random_tiny(seed=3)
+    original = copy.deepcopy(model)
+    plain = apply_method(model, MethodSpec(kind, ADAPTER_METHODS[kind]), tokenizer)
+    for param in plain.parameters():
+        if param.requires_grad:
+            torch.nn.init.normal_(param, mean=1.0 if kind == "ia3" else 0.0, std=0.2)  # adapters that matter
+    held = copy.deepcopy(plain)
+    layers = hold_frozen_weights(held, torch.bfloat16)
+    # Every frozen linear layer but the output head, whose weight is the input embedding's.
+    linears = [n for n, m in original.named_modules() if isinstance(m, torch.nn.Linear)]
+    assert sorted(layers) == sorted(n for n in linears if n != "lm_head") and "lm_head" in linears
+    assert all(layer.weight.dtype == torch.bfloat16 for layer in layers.values())
+    batch = ragged_batch(tokenizer, [30, 12, 50])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected, got = lora_gradients(plain, batch), lora_gradients(held, batch)
+    assert expected.keys() == got.keys() and expected
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], atol=0, rtol=0)
+    restore_frozen_weights(layers, original)
+    assert frozen_linears(held).keys() == layers.keys()
+    for name, layer in layers.items():
+        assert torch.equal(layer.weight, original.get_submodule(name).weight)
+
+
+def test_a_bf16_lora_run_trains_on_held_weights_and_gets_the_exact_ones_back(workdir, monkeypatch):
+    from runner.flows import run as run_flow
+    from runner.model.load import load_model
+    from runner.training import setup
+
+    seen = {}
+    fit = run_flow.fit
+
+    def watching_fit(module, *args, **kwargs):
+        seen["held"] = {n: layer.weight.dtype for n, layer in module.held_frozen.items()}
+        seen["layers"] = dict(module.held_frozen)
+        return fit(module, *args, **kwargs)
+
+    restore = setup.restore_weights
+
+    def watching_restore(module, spec):
+        restore(module, spec)
+        seen["after"] = {p.dtype for p in module.model.parameters()}
+        untrained, _ = load_model("random-tiny", 7)
+        layers = seen["layers"].items()
+        seen["exact"] = [torch.equal(layer.weight, untrained.get_submodule(n).weight) for n, layer in layers]
+
+    monkeypatch.setattr(run_flow, "fit", watching_fit)
+    monkeypatch.setattr(run_flow, "restore_weights", watching_restore)
+    spec = base_spec(
+        method={"kind": "lora", "lora": {"r": 4, "alpha": 8}},
+        training={"epochs": 1, "batch_size": 8, "learning_rate": 1e-3},
+    )
+    spec["trainer"]["precision"] = "bf16-mixed"
+    write_spec(workdir / "spec.yaml", spec)
+    assert main(["run", str(workdir / "spec.yaml")]) == 0
+    assert seen["held"] and set(seen["held"].values()) == {torch.bfloat16}
+    assert seen["after"] == {torch.float32} and all(seen["exact"])  # before the adapters are merged to score
+
+
+def test_packed_dropout_masks_unpack_to_the_same_mask():
+    from runner.model.lora_layer import pack_bits, unpack_bits
+
+    for shape in [(3, 5, 7), (2, 8), (1,)]:
+        mask = torch.rand(shape) > 0.3
+        packed = pack_bits(mask)
+        assert packed.dtype == torch.uint8 and packed.numel() == -(-mask.numel() // 8)
+        assert torch.equal(unpack_bits(packed, mask.shape), mask)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_fused_lora_layers_train_with_peft_s_numbers(autocast, dropout):
+    """The fused LoRA step (one autograd function, a packed mask) gives peft's loss and
+    gradients, with the same dropout draws, in fp32 and under bf16 autocast; scoring (no
+    gradients) runs peft's own forward."""
+    import copy
+
+    from runner.model.lora_layer import LoraLinear
+    from runner.model.methods import apply_method
+    from runner.spec.types import MethodSpec
+
+    model, tokenizer = random_tiny(seed=4)
+    fused = apply_method(model, MethodSpec("lora", lora_settings(dropout=dropout)))
+    layers = [m for m in fused.modules() if isinstance(m, LoraLinear)]
+    assert layers and all(type(m) is LoraLinear for m in layers)
+    for name, param in fused.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.2)  # peft starts B at zero: make the adapters matter
+    plain = copy.deepcopy(fused)
+    for module in plain.modules():
+        if isinstance(module, LoraLinear):
+            module.__class__ = LoraLinear.__mro__[1]  # peft's class back
+    batch = ragged_batch(tokenizer, [30, 12, 50])
+    context = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    results = []
+    for net in (plain, fused):
+        torch.manual_seed(11)  # the same dropout draws
+        with context:
+            net.train()
+            losses, _ = completion_token_losses(net, batch)
+            losses.mean().backward()
+        results.append((losses.detach(), {n: p.grad.clone() for n, p in net.named_parameters() if p.requires_grad}))
+    (expected_loss, expected), (loss, got) = results
+    tolerance = {"atol": 2e-2, "rtol": 2e-2} if autocast else {"atol": 1e-5, "rtol": 1e-4}
+    torch.testing.assert_close(loss, expected_loss, **tolerance)
+    assert expected.keys() == got.keys() and len(expected) == 2 * len(layers)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], **tolerance)
+    with torch.no_grad(), context:
+        fused.eval()
+        plain.eval()
+        assert torch.equal(completion_token_losses(fused, batch)[0], completion_token_losses(plain, batch)[0])

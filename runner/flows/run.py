@@ -59,7 +59,14 @@ from runner.rundir.report_files import finish, write_report
 from runner.spec.types import Spec
 from runner.training.memory import peak_rss_mb, training_allocator, trim_allocator
 from runner.training.module import FineTuner
-from runner.training.setup import make_datamodule, prepared_model, quiet_libraries, run_header, trainable_module
+from runner.training.setup import (
+    make_datamodule,
+    prepared_model,
+    quiet_libraries,
+    restore_weights,
+    run_header,
+    trainable_module,
+)
 from runner.training.trainer import FitResult, fit, load_weights
 
 
@@ -211,7 +218,8 @@ def train(
     if trainer.received_sigterm:  # Lightning stopped fit on SIGTERM; the run did not finish
         raise Interrupted(signal.SIGTERM)
 
-    # The best checkpoint's weights are what is exported and scored.
+    # The best checkpoint's weights are what is exported and scored, with the exact frozen weights.
+    restore_weights(module, spec)
     if fitted.best_checkpoint is not None:
         load_weights(module, fitted.best_checkpoint)
     export_model(module.model, tokenizer, run_dir / "model")

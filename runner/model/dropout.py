@@ -34,12 +34,16 @@ class FastDropout(torch.nn.Module):
         self.p = p
         self.threshold = round(p * 65536) - 32768  # int16 uniforms below it are dropped
 
+    def keep_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """Which elements of `x` are kept (True with probability 1 - p)."""
+        n = x.numel()
+        draws = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)
+        return draws.view(torch.int16)[:n].view(x.shape) >= self.threshold
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
-        n = x.numel()
-        draws = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)
-        keep = draws.view(torch.int16)[:n].view(x.shape) >= self.threshold
+        keep = self.keep_mask(x)
         # Under autocast the adapter's matmul reads the autocast dtype: produce it directly
         # rather than a float32 copy that autocast would then copy again.
         device = x.device.type

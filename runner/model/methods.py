@@ -37,6 +37,7 @@ def _lora(model, settings: dict, tokenizer):
     from peft import LoraConfig
 
     from runner.model.dropout import use_fast_dropout
+    from runner.model.lora_layer import use_fused_lora
 
     config = LoraConfig(
         r=settings["r"],
@@ -49,6 +50,7 @@ def _lora(model, settings: dict, tokenizer):
     )
     model = _peft(model, config, "lora", "target_modules")
     use_fast_dropout(model)
+    use_fused_lora(model)
     return model
 
 

@@ -78,6 +78,7 @@ class FineTuner(L.LightningModule):
         self.history: dict[int, dict[str, float]] = {}
         self._rng_to_restore: dict | None = None
         self.resumed_from_step: int | None = None
+        self.held_frozen: dict = {}  # frozen linear layers held in the autocast dtype (setup.frozen_weights_dtype)
         self.micro_batch_counts: list[int] = []  # per training batch on this rank (tests show ranks differ)
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:

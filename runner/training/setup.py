@@ -19,8 +19,8 @@ from runner.errors import RunnerError
 from runner.evaluation.evaluator import Evaluator
 from runner.inputs import Inputs
 from runner.model.load import load_model
-from runner.model.methods import apply_method
-from runner.model.precision import resolve_precision
+from runner.model.methods import METHODS, apply_method
+from runner.model.precision import autocast_dtype, hold_frozen_weights, resolve_precision, restore_frozen_weights
 from runner.spec.types import Spec
 from runner.training.memory import use_activation_checkpointing
 from runner.training.module import FineTuner
@@ -97,7 +97,35 @@ def trainable_module(
         val_scorer=scorer,
     )
     module.train()  # from_pretrained returns eval mode, and Lightning keeps the modes it finds
+    dtype = frozen_weights_dtype(spec)
+    module.held_frozen = hold_frozen_weights(model, dtype) if dtype is not None else {}
     return module
+
+
+def frozen_weights_dtype(spec: Spec) -> torch.dtype | None:
+    """The dtype the frozen linear weights are held in while training (precision.hold_frozen_weights):
+    the autocast dtype, for adapter methods, where that leaves every number the same. Not for
+    methods that train base weights (their checkpoints hold the frozen ones too, and the best
+    one is loaded after the exact weights are back), not with DoRA (it adds the frozen weight to
+    the adapter's outside any matmul, so its dtype enters the numbers), not under FSDP or
+    DeepSpeed (they flatten parameters of one dtype)."""
+    dtype = autocast_dtype(run_precision(spec))
+    method = spec.method
+    if dtype is None or not METHODS[method.kind].adapter or method.settings.get("use_dora"):
+        return None
+    if "fsdp" in spec.trainer.strategy or "deepspeed" in spec.trainer.strategy:
+        return None
+    return dtype
+
+
+def restore_weights(module: FineTuner, spec: Spec) -> None:
+    """The exact frozen weights back after training, from the model's source (see
+    frozen_weights_dtype), before anything is exported or scored."""
+    if module.held_frozen:
+        with torch.random.fork_rng(devices=[]):  # a generated model (random-tiny) seeds torch
+            original, _ = prepared_model(spec)
+        restore_frozen_weights(module.held_frozen, original)
+        module.held_frozen = {}
 
 
 def score_val_split(evaluator: Evaluator, val: TaskData, model: torch.nn.Module, device: torch.device) -> dict:

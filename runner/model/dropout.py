@@ -34,6 +34,11 @@ class FastDropout(torch.nn.Module):
         self.p = p
         self.threshold = round(p * 65536) - 32768  # int16 uniforms below it are dropped
 
+    @property
+    def drops(self) -> bool:
+        """Whether a forward drops anything now (training, p > 0)."""
+        return self.training and self.p > 0
+
     def keep_mask(self, x: torch.Tensor) -> torch.Tensor:
         """Which elements of `x` are kept (True with probability 1 - p)."""
         n = x.numel()
@@ -41,7 +46,7 @@ class FastDropout(torch.nn.Module):
         return draws.view(torch.int16)[:n].view(x.shape) >= self.threshold
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0:
+        if not self.drops:
             return x
         keep = self.keep_mask(x)
         # Under autocast the adapter's matmul reads the autocast dtype: produce it directly

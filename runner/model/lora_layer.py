@@ -89,7 +89,7 @@ class LoraLinear(PeftLoraLinear):
         base, dropout = self.base_layer, self.lora_dropout[adapter]
         device = x.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
-        active = dropout if isinstance(dropout, FastDropout) and dropout.training and dropout.p > 0 else None
+        active = dropout if isinstance(dropout, FastDropout) and dropout.drops else None
         return _LoraProduct.apply(
             x,
             base.weight,

@@ -17,6 +17,22 @@ from pathlib import Path
 from runner.errors import Interrupted, RunFolderError, RunnerError
 from runner.terminal import printable
 
+# oneDNN, which runs every bf16 matmul on a CPU, keeps each matmul shape's compiled kernel (its
+# primitive cache) and PyTorch's ideep layer keeps more per shape (its LRU cache), up to 1,024 of
+# each by default. Training sees a new shape at nearly every step (rows of every length), so the
+# process grew by ~1.1 GB over 250 shapes in tests/benchmarks/kernel_caches.py and the demo's
+# training phase sat 1.2-1.5 GB above a single step. 128 holds every shape of one step (about 30:
+# the model's few linear shapes forward and backward, at one length) with no measured slowdown.
+# Both are read on first use, so setting them here, before any matmul, is enough; a user's own
+# setting wins. Nothing reads them on a GPU.
+KERNEL_CACHE_ENTRIES = "128"
+
+
+def bound_kernel_caches() -> None:
+    """Both CPU kernel caches at KERNEL_CACHE_ENTRIES, where the user set neither."""
+    for name in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
+        os.environ.setdefault(name, KERNEL_CACHE_ENTRIES)
+
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `runner` script; returns the process exit code instead of raising.
@@ -24,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     Every failure becomes one line on stderr: a RunnerError its own exit code (2 for bad spec or
     data), Ctrl-C 130, anything else 1 (-v adds the traceback; RUNNER_DEBUG=1 re-raises it).
     """
+    bound_kernel_caches()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

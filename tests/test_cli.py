@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -328,3 +329,14 @@ def test_resume_with_another_number_of_ranks_is_refused(classification_run, tmp_
     torch.save(state, last)
     assert main(["run", str(root / "spec.yaml"), "--resume", str(copy)]) == 1
     assert "this run trained on 2 rank(s), and this resume has 1" in capsys.readouterr().err
+
+
+def test_runner_bounds_the_cpu_kernel_caches_unless_the_user_set_them(monkeypatch, capsys):
+    # oneDNN and ideep keep one compiled kernel per matmul shape, 1,024 of each by default: bounded
+    # by runner before any matmul (tests/benchmarks/kernel_caches.py measures the growth).
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    monkeypatch.setenv("LRU_CACHE_CAPACITY", "7")
+    assert main(["schema"]) == 0
+    assert json.loads(capsys.readouterr().out)["type"] == "object"
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "128"
+    assert os.environ["LRU_CACHE_CAPACITY"] == "7"

@@ -243,6 +243,45 @@ def test_forgetting_sentence_tells_forgetting_shift_and_none_apart():
     assert "Forgetting detected on ppl" in forgetting_sentence({"ppl": {**ppl, "after": 23.0}})
 
 
+def test_resolution_sentence_states_what_each_probe_can_see_at_its_size():
+    from runner.report.sentences import resolution_sentence
+    from runner.results import ProbeResult
+
+    mc = ProbeResult.from_json(
+        {
+            "kind": "multiple_choice",
+            "metric": "acc",
+            "before": 0.6,
+            "after": 0.6,
+            "delta": 0.0,
+            "details_before": {"n": 240},
+            "delta_ci95": [-0.04, 0.05],
+            "excludes_zero": False,
+        }
+    )
+    text = {
+        "kind": "text",
+        "metric": "perplexity",
+        "before": 20.0,
+        "after": 20.4,
+        "delta": 0.4,
+        "details_before": {"windows": 16, "tokens": 8192},
+        "delta_ci95": [0.2, 0.5],
+    }
+    drift = ProbeResult.from_json({"kind": "drift", "metric": "kl_per_token", "value": 0.005})
+    fine = resolution_sentence({"mc": mc, "text": ProbeResult.from_json(text), "drift": drift})
+    assert fine == (
+        "What each probe can see at its size (half its paired 95% interval; a smaller change does not show): "
+        "mc ±0.045 acc over 240 items; text ±0.8% of its perplexity over 16 windows "
+        "(finer than the 2% shift rule)."
+    )
+    coarse = resolution_sentence({"text": ProbeResult.from_json({**text, "delta_ci95": [-0.5, 0.5]})})
+    assert (
+        "±2.5% of its perplexity over 16 windows (too coarse for the 2% shift rule: give the probe more text" in coarse
+    )
+    assert resolution_sentence({"drift": drift}) == ""  # nothing paired, nothing to state
+
+
 def test_the_probes_table_and_the_schema_name_the_same_kinds_and_the_same_text_readers():
     from runner.evaluation.probes import PROBES
     from runner.spec.types import schema

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from runner.report.cells import count, duration, memory, num, share
-from runner.report.sentences import monitor_sentence, overfitting, training_data_sentence
+from runner.report.sentences import monitor_sentence, overfitting, resolution_sentence, training_data_sentence
 from runner.report.task_blocks import RUNG_TITLES, RUNGS, task_blocks
 from runner.report.verdict import verdict_blocks
 from runner.results import Cost, ProbeResult, RunResult, TrainingResult
@@ -64,6 +64,8 @@ def forgetting_blocks(result: RunResult, images: dict[str, str]) -> list[tuple]:
         ("p", result.forgetting_summary or ""),
         ("table", ["probe", "metric", "before", "after", "delta", "delta 95% CI", "retention"], rows),
     ]
+    if resolution := resolution_sentence(result.forgetting):
+        blocks.append(("p", resolution))
     if "forgetting" in images:
         blocks.append(("img", "forgetting", "retention per forgetting probe"))
     return blocks

@@ -59,6 +59,39 @@ def probe_verdict(e: ProbeResult) -> str:
     return "shifted" if (_drift(e) or 0) > DRIFT_SHIFT else ""
 
 
+def resolution_sentence(forgetting: dict[str, ProbeResult]) -> str:
+    """What each probe can see at its size: half the width of its paired 95% interval, beside the
+    number of items (or text windows) behind it and the rule that reads it. A change inside that
+    half-width cannot be told from none, so "no measurable forgetting" rules out only larger ones;
+    a probe too coarse for the 2% perplexity shift rule says so, with the fix."""
+    parts = []
+    for name, e in forgetting.items():
+        if e.two_model or not e.delta_ci95:
+            continue
+        half = (e.delta_ci95[1] - e.delta_ci95[0]) / 2
+        details = e.details_before or {}
+        size = details.get("n") or details.get("windows")
+        unit = "items" if details.get("n") else "windows"
+        of = f" over {size:,} {unit}" if size else ""
+        if e.metric == "perplexity" and e.before:
+            rel = half / e.before
+            rule = (
+                f"finer than the {PERPLEXITY_SHIFT:.0%} shift rule"
+                if rel < PERPLEXITY_SHIFT
+                else f"too coarse for the {PERPLEXITY_SHIFT:.0%} shift rule: give the probe more text (max_tokens)"
+            )
+            parts.append(f"{name} ±{rel:.1%} of its perplexity{of} ({rule})")
+        else:
+            parts.append(f"{name} ±{half:.3f} {e.metric}{of}")
+    if not parts:
+        return ""
+    return (
+        "What each probe can see at its size (half its paired 95% interval; a smaller change does not show): "
+        + "; ".join(parts)
+        + "."
+    )
+
+
 def _drift(e: ProbeResult) -> float | None:
     """A one-model probe's drift from the base, when its tuned pass measured one (the text kind)."""
     return e.second["value"] if e.second and e.second.get("metric") == "kl_per_token" else None

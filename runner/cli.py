@@ -20,9 +20,10 @@ from runner.terminal import printable
 # oneDNN, which runs every bf16 matmul on a CPU, keeps each matmul shape's compiled kernel (its
 # primitive cache) and PyTorch's ideep layer keeps more per shape (its LRU cache), up to 1,024 of
 # each by default. Training sees a new shape at nearly every step (rows of every length), so the
-# process grew by ~1.1 GB over 250 shapes in tests/benchmarks/kernel_caches.py and the demo's
-# training phase sat 1.2-1.5 GB above a single step. 128 holds every shape of one step (about 30:
-# the model's few linear shapes forward and backward, at one length) with no measured slowdown.
+# process grew by 1.3 GB over 250 shapes in tests/benchmarks/kernel_caches.py and the demo's
+# training phase sat 1.2-1.5 GB above a single step (bounded: 2.5 GB peak for the whole demo).
+# 128 leaves room for the shapes one step repeats across its layers (the model's few linear
+# shapes, forward and backward, at one length); no slowdown measured at 64 or 256.
 # Both are read on first use, so setting them here, before any matmul, is enough; a user's own
 # setting wins. Nothing reads them on a GPU.
 KERNEL_CACHE_ENTRIES = "128"

@@ -16,23 +16,7 @@ from pathlib import Path
 
 from runner.errors import Interrupted, RunFolderError, RunnerError
 from runner.terminal import printable
-
-# oneDNN, which runs every bf16 matmul on a CPU, keeps each matmul shape's compiled kernel (its
-# primitive cache) and PyTorch's ideep layer keeps more per shape (its LRU cache), up to 1,024 of
-# each by default. Training sees a new shape at nearly every step (rows of every length), so the
-# process grew by 1.3 GB over 250 shapes in tests/benchmarks/kernel_caches.py and the demo's
-# training phase sat 1.2-1.5 GB above a single step (bounded: 2.5 GB peak for the whole demo).
-# 128 leaves room for the shapes one step repeats across its layers (the model's few linear
-# shapes, forward and backward, at one length); no slowdown measured at 64 or 256.
-# Both are read on first use, so setting them here, before any matmul, is enough; a user's own
-# setting wins. Nothing reads them on a GPU.
-KERNEL_CACHE_ENTRIES = "128"
-
-
-def bound_kernel_caches() -> None:
-    """Both CPU kernel caches at KERNEL_CACHE_ENTRIES, where the user set neither."""
-    for name in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
-        os.environ.setdefault(name, KERNEL_CACHE_ENTRIES)
+from runner.training.memory import bound_kernel_caches
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     Every failure becomes one line on stderr: a RunnerError its own exit code (2 for bad spec or
     data), Ctrl-C 130, anything else 1 (-v adds the traceback; RUNNER_DEBUG=1 re-raises it).
     """
-    bound_kernel_caches()
+    bound_kernel_caches()  # before any matmul: both caches are read on first use
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

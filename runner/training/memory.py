@@ -5,13 +5,16 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import os
 import resource
 import sys
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from runner.spec.types import TrainingSpec
+
+if TYPE_CHECKING:  # torch stays unimported here: the command line calls bound_kernel_caches first
+    import torch
 
 ACTIVATION_BYTES_PER_TOKEN = 120  # x hidden size x layers: measured ~2 MB/token on SmolLM2-135M + LoRA, bf16
 
@@ -116,3 +119,21 @@ def trim_allocator() -> bool:
     faults; between phases it costs milliseconds. False where there is no glibc."""
     libc = _libc()
     return bool(libc is not None and libc.malloc_trim(0))
+
+
+# oneDNN, which runs every bf16 matmul on a CPU, keeps each matmul shape's compiled kernel (its
+# primitive cache) and PyTorch's ideep layer keeps more per shape (its LRU cache), up to 1,024 of
+# each by default. Training sees a new shape at nearly every step (rows of every length), so the
+# process grew by 1.3 GB over 250 shapes in tests/benchmarks/kernel_caches.py and the demo's
+# training phase sat 1.2-1.5 GB above a single step (bounded: 2.5 GB peak for the whole demo).
+# 128 leaves room for the shapes one step repeats across its layers (the model's few linear
+# shapes, forward and backward, at one length); no slowdown measured at 64 or 256.
+# Both are read on first use, so setting them at the command line's start is enough; a user's own
+# setting wins. Nothing reads them on a GPU.
+KERNEL_CACHE_ENTRIES = "128"
+
+
+def bound_kernel_caches() -> None:
+    """Both CPU kernel caches at KERNEL_CACHE_ENTRIES, where the user set neither."""
+    for name in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
+        os.environ.setdefault(name, KERNEL_CACHE_ENTRIES)

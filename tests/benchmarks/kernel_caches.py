@@ -1,5 +1,5 @@
 """Process growth from oneDNN's per-shape kernel caches under bf16 autocast, and what bounding them
-(as `runner` does at start, runner/cli.py bound_kernel_caches) changes.
+(as `runner` does at start, runner/training/memory.py bound_kernel_caches) changes.
 
     python tests/benchmarks/kernel_caches.py [--shapes 250]
 
@@ -54,7 +54,7 @@ def main() -> int:
         print(json.dumps(case(args.shapes)))
         return 0
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
-    from runner.cli import KERNEL_CACHE_ENTRIES
+    from runner.training.memory import KERNEL_CACHE_ENTRIES
 
     print(f"{args.shapes} sequence lengths, bf16 autocast, one process per case")
     for label, entries in (

@@ -205,6 +205,20 @@ def test_bootstrap_f1_and_accuracy_agree_with_the_point_metrics():
     assert stats.excludes_zero([0.01, 0.2]) and not stats.excludes_zero([-0.1, 0.2])
 
 
+# A multiple-choice probe that did not move, and a small drift: report.json's probe entries.
+MC_PROBE = {
+    "kind": "multiple_choice",
+    "metric": "acc",
+    "before": 0.6,
+    "after": 0.6,
+    "delta": 0.0,
+    "retention": 1.0,
+    "delta_ci95": [-0.03, 0.03],
+    "excludes_zero": False,
+}
+DRIFT_PROBE = {"kind": "drift", "metric": "kl_per_token", "value": 0.005}
+
+
 def test_forgetting_sentence_tells_forgetting_shift_and_none_apart():
     from runner.report.sentences import forgetting_sentence as sentence
     from runner.results import ProbeResult
@@ -212,16 +226,7 @@ def test_forgetting_sentence_tells_forgetting_shift_and_none_apart():
     def forgetting_sentence(entries: dict) -> str:
         return sentence({name: ProbeResult.from_json(e) for name, e in entries.items()})
 
-    mc = {
-        "kind": "multiple_choice",
-        "metric": "acc",
-        "before": 0.6,
-        "after": 0.6,
-        "delta": 0.0,
-        "retention": 1.0,
-        "delta_ci95": [-0.03, 0.03],
-        "excludes_zero": False,
-    }
+    mc = MC_PROBE
     ppl = {
         "kind": "perplexity",
         "metric": "perplexity",
@@ -230,7 +235,7 @@ def test_forgetting_sentence_tells_forgetting_shift_and_none_apart():
         "delta": 0.1,
         "retention": 0.995,
     }
-    drift = {"kind": "drift", "metric": "kl_per_token", "value": 0.005}
+    drift = DRIFT_PROBE
     assert forgetting_sentence({"mc": mc, "ppl": ppl, "drift": drift}).startswith(
         "No measurable forgetting: mc acc moved +0.000"
     )
@@ -247,18 +252,7 @@ def test_resolution_sentence_states_what_each_probe_can_see_at_its_size():
     from runner.report.sentences import resolution_sentence
     from runner.results import ProbeResult
 
-    mc = ProbeResult.from_json(
-        {
-            "kind": "multiple_choice",
-            "metric": "acc",
-            "before": 0.6,
-            "after": 0.6,
-            "delta": 0.0,
-            "details_before": {"n": 240},
-            "delta_ci95": [-0.04, 0.05],
-            "excludes_zero": False,
-        }
-    )
+    mc = ProbeResult.from_json({**MC_PROBE, "details_before": {"n": 240}, "delta_ci95": [-0.04, 0.05]})
     text = {
         "kind": "text",
         "metric": "perplexity",
@@ -268,7 +262,7 @@ def test_resolution_sentence_states_what_each_probe_can_see_at_its_size():
         "details_before": {"windows": 16, "tokens": 8192},
         "delta_ci95": [0.2, 0.5],
     }
-    drift = ProbeResult.from_json({"kind": "drift", "metric": "kl_per_token", "value": 0.005})
+    drift = ProbeResult.from_json(DRIFT_PROBE)
     fine = resolution_sentence({"mc": mc, "text": ProbeResult.from_json(text), "drift": drift})
     assert fine == (
         "What each probe can see at its size (half its paired 95% interval; a smaller change does not show): "
